@@ -1,0 +1,60 @@
+"""A nopad (ragged) batch: what one engine step computes, built by the scheduler on the host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from raylight.engine.request import Request
+
+
+@dataclass(slots=True)
+class Batch:
+    """B requests, T new tokens, concatenated request by request with no padding.
+
+    `num_new[b]` tokens of request b start at position `start_pos[b]`; their K/V go to
+    `out_slots[cu_seqlens_q[b]:cu_seqlens_q[b + 1]]`, already written into the host
+    ReqToToken table at row `req_rows[b]`. Requests whose new tokens reach their sequence's end
+    sample one token: `sample_indices` are their rows in the batch (in batch order) and
+    `logits_indices` the token rows whose hidden states give the logits.
+    """
+
+    requests: list[Request]
+    input_ids: np.ndarray  # int64 [T]
+    positions: np.ndarray  # int64 [T]
+    out_slots: np.ndarray  # int64 [T]
+    cu_seqlens_q: np.ndarray  # int32 [B + 1]
+    seq_lens_kv: np.ndarray  # int32 [B]: tokens with K/V after this step
+    req_rows: np.ndarray  # int64 [B]
+    num_new: np.ndarray  # int64 [B]
+    sample_indices: np.ndarray  # int64 [S]: which of the B requests sample
+    logits_indices: np.ndarray  # int64 [S]: the token row each sampling request reads logits at
+    max_q_len: int
+    max_kv_len: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def decode_only(self) -> bool:
+        return self.max_q_len == 1
+
+    @property
+    def sampling_requests(self) -> list[Request]:
+        reqs = self.requests
+        return [reqs[i] for i in self.sample_indices.tolist()]
+
+
+@dataclass(slots=True)
+class RequestDelta:
+    """What one step produced for one request: new token ids, and why it ended if it did."""
+
+    request_id: str
+    new_token_ids: list[int]
+    # Per new token: (logprob of the token, [(token id, logprob)] top alternatives); None when
+    # the request did not ask for logprobs.
+    new_logprobs: list[tuple[float, list[tuple[int, float]]]] | None
+    finish_reason: str | None
+    num_prompt_tokens: int

@@ -1,0 +1,122 @@
+"""Engine options (named like vLLM's) and their resolution into concrete values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from raylight.engine.model_config import ModelArchConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """What a user may set. "auto" and None values are resolved by `resolve_engine_config`."""
+
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = False
+    seed: int = 0
+    device: str = "auto"
+    # KV pool size in tokens. None: from free GPU memory on CUDA, `cpu_kv_cache_tokens` on CPU.
+    num_kv_slots: int | None = None
+    cpu_kv_cache_tokens: int = 32768
+    gpu_memory_utilization: float = 0.9
+    attention_backend: str = "torch"
+    admission_policy: str = "conservative"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    admission_policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Fully resolved: every field is a concrete value."""
+
+    model_dir: Path
+    arch: ModelArchConfig
+    dtype: torch.dtype
+    device: torch.device
+    scheduler: SchedulerConfig
+    tensor_parallel_size: int
+    num_kv_slots: int | None  # None on CUDA until the runner measures free memory
+    gpu_memory_utilization: float
+    attention_backend: str
+    seed: int
+
+
+def resolve_engine_config(
+    model_dir: Path, arch: ModelArchConfig, options: EngineOptions
+) -> EngineConfig:
+    if options.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(options.device)
+    dtype = _resolve_dtype(options.dtype, arch, device)
+    limit = arch.max_position_embeddings
+    if arch.sliding_window is not None:
+        # No sliding-window attention yet: within the window, full attention is identical.
+        limit = min(limit, arch.sliding_window)
+    max_model_len = options.max_model_len or limit
+    if max_model_len > limit:
+        raise ValueError(
+            f"max_model_len={max_model_len} exceeds the model's context length {limit}"
+        )
+    if options.max_num_seqs < 1 or options.max_num_batched_tokens < 1:
+        raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
+    if arch.num_heads % options.tensor_parallel_size or (
+        arch.num_kv_heads % options.tensor_parallel_size
+        and options.tensor_parallel_size % arch.num_kv_heads
+    ):
+        raise ValueError(
+            f"tensor_parallel_size={options.tensor_parallel_size} does not divide the model's "
+            f"{arch.num_heads} attention heads / {arch.num_kv_heads} KV heads"
+        )
+    num_slots = options.num_kv_slots
+    if num_slots is None and device.type != "cuda":
+        num_slots = max(options.cpu_kv_cache_tokens, max_model_len)
+    if num_slots is not None and num_slots < max_model_len:
+        raise ValueError(
+            f"the KV pool ({num_slots} tokens) is smaller than max_model_len={max_model_len}: "
+            "lower max_model_len or give the pool more tokens"
+        )
+    return EngineConfig(
+        model_dir=model_dir,
+        arch=arch,
+        dtype=dtype,
+        device=device,
+        scheduler=SchedulerConfig(
+            max_num_seqs=options.max_num_seqs,
+            max_num_batched_tokens=options.max_num_batched_tokens,
+            max_model_len=max_model_len,
+            admission_policy=options.admission_policy,
+        ),
+        tensor_parallel_size=options.tensor_parallel_size,
+        num_kv_slots=num_slots,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        attention_backend=options.attention_backend,
+        seed=options.seed,
+    )
+
+
+def _resolve_dtype(name: str, arch: ModelArchConfig, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        if name not in _DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {name!r}")
+        return _DTYPES[name]
+    saved = _DTYPES.get(arch.torch_dtype, torch.float32)
+    if device.type == "cpu":
+        # Half precision matmuls are slow and inexact on CPU; float32 is what tests compare.
+        return torch.float32
+    return torch.bfloat16 if saved == torch.float32 else saved

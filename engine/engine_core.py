@@ -1,0 +1,108 @@
+"""One engine replica's core loop: schedule -> execute -> update, token ids in and out.
+
+No tokenizer, no text: callers hand in token ids and get `RequestDelta`s back.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from raylight.engine.admission import make_policy
+from raylight.engine.batch import RequestDelta
+from raylight.engine.config import EngineConfig
+from raylight.engine.errors import RequestRejectedError
+from raylight.engine.kv_pool import SlotAllocator
+from raylight.engine.model_runner import ModelRunner
+from raylight.engine.request import Request
+from raylight.engine.sampling_params import SamplingParams
+from raylight.engine.scheduler import Scheduler
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, runner: ModelRunner) -> None:
+        self.config = config
+        self.runner = runner
+        self.scheduler = Scheduler(
+            config.scheduler,
+            SlotAllocator(runner.num_slots),
+            make_policy(config.scheduler.admission_policy),
+        )
+        self.requests: dict[str, Request] = {}
+        self._seed_rng = random.Random(config.seed)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def make_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        sample_index: int = 0,
+    ) -> Request:
+        """Validates and resolves a request without touching engine state (any thread may call
+        it); raises `RequestRejectedError` with a message a user can act on."""
+        max_len = self.config.scheduler.max_model_len
+        n_prompt = len(prompt_token_ids)
+        if n_prompt == 0:
+            raise RequestRejectedError("the prompt is empty", param="prompt")
+        vocab = self.config.arch.vocab_size
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
+            raise RequestRejectedError(
+                f"prompt token ids must be in [0, {vocab})", param="prompt"
+            )
+        if n_prompt >= max_len:
+            raise RequestRejectedError(
+                f"This model's maximum context length is {max_len} tokens. However, the prompt "
+                f"has {n_prompt} tokens, leaving no room for output.",
+                param="prompt",
+            )
+        max_tokens = params.max_tokens if params.max_tokens is not None else max_len - n_prompt
+        if n_prompt + max_tokens > max_len:
+            raise RequestRejectedError(
+                f"This model's maximum context length is {max_len} tokens. However, you "
+                f"requested {n_prompt + max_tokens} tokens ({n_prompt} in the prompt, "
+                f"{max_tokens} in the completion).",
+                param="max_tokens",
+            )
+        if params.seed is not None:
+            seed = (params.seed + sample_index) % 2**63
+        else:
+            seed = self._seed_rng.getrandbits(63)
+        eos = () if params.ignore_eos else self.config.arch.eos_token_ids
+        return Request(
+            request_id=request_id,
+            prompt_token_ids=list(prompt_token_ids),
+            params=params,
+            max_tokens=max_tokens,
+            sample_seed=seed,
+            stop_token_ids=frozenset(eos) | frozenset(params.stop_token_ids),
+            arrival_time=time.monotonic(),
+        )
+
+    def add(self, req: Request) -> None:
+        if req.request_id in self.requests:
+            raise RequestRejectedError(f"request id {req.request_id!r} is already running")
+        self.requests[req.request_id] = req
+        self.scheduler.add(req)
+
+    def abort(self, request_id: str) -> bool:
+        """Aborts a request between steps; returns False if it is unknown or already done."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return False
+        self.scheduler.abort(req)
+        return True
+
+    def step(self) -> list[RequestDelta]:
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        result = self.runner.execute(batch)
+        deltas = self.scheduler.update(batch, result.token_ids, result.logprobs)
+        for d in deltas:
+            if d.finish_reason is not None:
+                del self.requests[d.request_id]
+        return deltas

@@ -1,0 +1,132 @@
+"""Runs one batch through the model on this rank's device and samples the next tokens.
+
+Owns the model shard, the device KV buffers and the device copy of the ReqToToken table. The
+host never waits on the device except to copy out the sampled ids (and requested logprobs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raylight.engine.attention.backend import AttentionBackend, AttentionMetadata
+from raylight.engine.attention.torch_backend import TorchAttentionBackend
+from raylight.engine.batch import Batch
+from raylight.engine.config import EngineConfig
+from raylight.engine.layers.attention import ForwardContext
+from raylight.engine.models.registry import model_class
+from raylight.engine.parallel import TPGroup
+from raylight.engine.sampler import Sampler, SamplerOutput
+from raylight.engine.sampling_inputs import build_sampling_inputs
+from raylight.engine.weights import iter_weights
+
+TokenLogprobs = tuple[float, list[tuple[int, float]]]
+
+
+@dataclass(slots=True)
+class StepResult:
+    token_ids: list[int]  # one per sampling request, in batch.sample_indices order
+    logprobs: list[TokenLogprobs | None] | None  # None when no request asked for logprobs
+    logits: torch.Tensor | None = None  # [S, vocab], only when asked for (tests compare them)
+
+
+def make_attention_backend(name: str) -> AttentionBackend:
+    if name == "torch":
+        return TorchAttentionBackend()
+    raise ValueError(f"unknown attention backend {name!r} (available: torch)")
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, tp: TPGroup, progress: bool = True) -> None:
+        self.config = config
+        self.device = config.device
+        arch = config.arch
+        sched = config.scheduler
+        with torch.device(self.device):
+            self.model = model_class(arch.architecture)(
+                arch, tp, config.dtype, max_positions=sched.max_model_len
+            )
+        self.model.load_weights(iter_weights(config.model_dir, self.device, progress))
+        self.model.eval()
+        self.num_slots = config.num_kv_slots or self._slots_from_free_memory(tp)
+        attn = self.model.layers[0].self_attn.qkv_proj
+        shape = (self.num_slots, attn.num_kv_heads_local, arch.head_dim)
+        self.k_caches = [
+            torch.zeros(shape, dtype=config.dtype, device=self.device)
+            for _ in range(arch.num_layers)
+        ]
+        self.v_caches = [torch.zeros_like(k) for k in self.k_caches]
+        self.req_to_token = torch.zeros(
+            (sched.max_num_seqs + 1, sched.max_model_len), dtype=torch.int32, device=self.device
+        )
+        self.backend = make_attention_backend(config.attention_backend)
+        self.sampler = Sampler()
+
+    def _slots_from_free_memory(self, tp: TPGroup) -> int:
+        free, _total = torch.cuda.mem_get_info(self.device)
+        arch = self.config.arch
+        kv_heads = max(1, arch.num_kv_heads // tp.size)
+        bytes_per_slot = 2 * arch.num_layers * kv_heads * arch.head_dim * self.config.dtype.itemsize
+        # Leave room for activations: the largest step's logits and hidden states, doubled.
+        sched = self.config.scheduler
+        activations = 4 * sched.max_num_batched_tokens * (
+            arch.vocab_size + 8 * arch.intermediate_size
+        )
+        usable = free * self.config.gpu_memory_utilization - activations
+        return max(int(usable // bytes_per_slot), sched.max_model_len + 1)
+
+    @torch.inference_mode()
+    def execute(self, batch: Batch, keep_logits: bool = False) -> StepResult:
+        dev = self.device
+        input_ids = _to(batch.input_ids, dev)
+        positions = _to(batch.positions, dev)
+        out_slots = _to(batch.out_slots, dev)
+        req_rows = _to(batch.req_rows, dev)
+        # The scheduler wrote these entries into its host table; mirror them on the device.
+        token_rows = torch.repeat_interleave(req_rows, _to(batch.num_new, dev))
+        self.req_to_token[token_rows, positions] = out_slots.to(torch.int32)
+        meta = AttentionMetadata(
+            cu_seqlens_q=_to(batch.cu_seqlens_q, dev),
+            seq_lens_kv=_to(batch.seq_lens_kv, dev),
+            req_rows=req_rows,
+            req_to_token=self.req_to_token,
+            out_slots=out_slots,
+            max_q_len=batch.max_q_len,
+            max_kv_len=batch.max_kv_len,
+            decode_only=batch.decode_only,
+        )
+        ctx = ForwardContext(meta, self.backend, self.k_caches, self.v_caches)
+        hidden = self.model(input_ids, positions, ctx)
+        if len(batch.sample_indices) == 0:
+            return StepResult([], None)
+        logits = self.model.compute_logits(hidden[_to(batch.logits_indices, dev)])
+        requests = batch.sampling_requests
+        inputs = build_sampling_inputs(requests, self.config.arch.vocab_size, dev)
+        result = _step_result(self.sampler(logits, inputs), requests)
+        if keep_logits:
+            result.logits = logits.float().cpu()
+        return result
+
+
+def _to(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(a).to(device, non_blocking=True)
+
+
+def _step_result(out: SamplerOutput, requests: list) -> StepResult:
+    token_ids = out.token_ids.tolist()
+    if out.logprobs is None:
+        return StepResult(token_ids, None)
+    chosen = out.logprobs.tolist()
+    top_ids = out.top_token_ids.tolist() if out.top_token_ids is not None else None
+    top_lps = out.top_logprobs.tolist() if out.top_logprobs is not None else None
+    logprobs: list[TokenLogprobs | None] = []
+    for i, req in enumerate(requests):
+        n = req.params.logprobs
+        if n is None:
+            logprobs.append(None)
+            continue
+        top = list(zip(top_ids[i][:n], top_lps[i][:n])) if top_ids and top_lps else []
+        logprobs.append((chosen[i], top))
+    return StepResult(token_ids, logprobs)

@@ -1,0 +1,165 @@
+"""The batched sampler: logits of the sampling rows in, one token per row (and logprobs) out.
+
+Order of operations, as in vLLM v1 / HF: raw logprobs -> penalties -> banned tokens -> greedy
+argmax, or temperature -> top-k -> top-p -> min-p -> Gumbel-max with counter-based noise. Nothing
+waits on the device until the single device-to-host copy of the results at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from raylight.engine.sampling_inputs import SamplingInputs
+from raylight.engine.sampling_noise import (
+    gumbel_from_uniform,
+    uniform_noise,
+    uniform_noise_at,
+)
+from raylight.engine.sampling_params import GREEDY_TEMPERATURE
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    """Results of one step, on the CPU; row i belongs to row i of the logits."""
+
+    token_ids: Tensor  # int64 [B]
+    logprobs: Tensor | None  # float32 [B]: raw logprob of the sampled token
+    top_token_ids: Tensor | None  # int64 [B, max_num_logprobs], by descending logprob
+    top_logprobs: Tensor | None  # float32 [B, max_num_logprobs]
+
+
+class Sampler:
+    """Stateless: every random draw is a function of (seed, counter, token id)."""
+
+    def __call__(self, logits: Tensor, inputs: SamplingInputs) -> SamplerOutput:
+        logits = logits.float()  # [B, V]; may alias the caller's tensor: no in-place ops on it
+        raw_logprobs = None
+        if inputs.max_num_logprobs >= 0:
+            raw_logprobs = torch.log_softmax(logits, dim=-1)  # [B, V]
+        logits = apply_penalties(logits, inputs)
+        if inputs.banned_tokens is not None:
+            logits = logits.masked_fill(inputs.banned_tokens, -math.inf)
+        greedy_ids = logits.argmax(dim=-1)  # [B]
+        if inputs.all_greedy:
+            token_ids = greedy_ids
+        else:
+            is_greedy = inputs.temperature < GREEDY_TEMPERATURE
+            token_ids = torch.where(is_greedy, greedy_ids, sample_random(logits, inputs))
+        return _to_host(token_ids, raw_logprobs, inputs.max_num_logprobs)
+
+
+def apply_penalties(logits: Tensor, inputs: SamplingInputs) -> Tensor:
+    """Repetition (HF), then frequency and presence (OpenAI) penalties. logits: float32 [B, V].
+
+    Repetition applies to tokens seen in the prompt or the output: positive logits are divided by
+    the penalty, the others multiplied. Then `logit -= freq * count + presence * (count > 0)`,
+    counting occurrences in the output only. Returns a new tensor when any penalty is set.
+    """
+    counts = inputs.output_token_counts  # [B, V] or None
+    if inputs.repetition_penalty is not None:
+        assert counts is not None and inputs.prompt_token_mask is not None
+        seen = inputs.prompt_token_mask | (counts > 0)  # [B, V]
+        penalty = inputs.repetition_penalty[:, None]  # [B, 1]
+        penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+        logits = torch.where(seen, penalized, logits)
+    if inputs.frequency_penalty is not None:
+        assert counts is not None
+        logits = logits - inputs.frequency_penalty[:, None] * counts
+    if inputs.presence_penalty is not None:
+        assert counts is not None
+        logits = logits - inputs.presence_penalty[:, None] * (counts > 0)
+    return logits
+
+
+def sample_random(logits: Tensor, inputs: SamplingInputs) -> Tensor:
+    """Temperature, top-k, top-p, min-p, then Gumbel-max. logits: float32 [B, V] -> int64 [B].
+
+    Greedy rows get garbage here (they are overwritten by the caller) but no NaN or inf.
+    """
+    temperature = torch.where(inputs.temperature < GREEDY_TEMPERATURE, 1.0, inputs.temperature)
+    scaled = logits / temperature[:, None]  # [B, V]
+    use_top_k = inputs.top_k is not None
+    if inputs.top_p is not None or (use_top_k and inputs.all_top_k):
+        # Sorted candidates: only the top max_top_k can win when every sampling row has a top-k;
+        # otherwise top-p needs the whole vocabulary sorted.
+        if use_top_k and inputs.all_top_k:
+            values, token_ids = scaled.topk(inputs.max_top_k, dim=-1)  # [B, C], descending
+        else:
+            values, token_ids = scaled.sort(dim=-1, descending=True)  # [B, V]
+        values = filter_sorted(values, inputs)
+        gumbel = gumbel_from_uniform(uniform_noise_at(inputs.seeds, inputs.counters, token_ids))
+        choice = (values + gumbel).argmax(dim=-1, keepdim=True)  # [B, 1]
+        return token_ids.gather(1, choice).squeeze(1)
+    if use_top_k:
+        scaled = _mask_top_k_unsorted(scaled, inputs)
+    if inputs.min_p is not None:
+        scaled = _mask_min_p(scaled, scaled.amax(dim=-1, keepdim=True), inputs.min_p)
+    vocab_size = scaled.shape[1]
+    gumbel = gumbel_from_uniform(uniform_noise(inputs.seeds, inputs.counters, vocab_size))
+    return (scaled + gumbel).argmax(dim=-1)
+
+
+def filter_sorted(values: Tensor, inputs: SamplingInputs) -> Tensor:
+    """Top-k, top-p, min-p on logits sorted in descending order. values: float32 [B, C].
+
+    Top-p keeps the shortest prefix whose probability (after top-k) reaches top_p, so the first
+    token always stays. Min-p compares with the first (largest) logit, which survives top-k/p.
+    """
+    if inputs.top_k is not None:
+        position = torch.arange(values.shape[1], device=values.device)  # [C]
+        k = torch.where(inputs.top_k > 0, inputs.top_k, values.shape[1])  # [B]
+        values = values.masked_fill(position[None, :] >= k[:, None], -math.inf)
+    if inputs.top_p is not None:
+        probs = values.softmax(dim=-1)  # [B, C]
+        mass_before = probs.cumsum(dim=-1) - probs  # [B, C], exactly 0 in column 0
+        # top_p == 1 keeps everything, even where float32 cumsum rounds the mass to >= 1.
+        top_p = torch.where(inputs.top_p < 1.0, inputs.top_p, math.inf)[:, None]  # [B, 1]
+        values = values.masked_fill(mass_before >= top_p, -math.inf)
+    if inputs.min_p is not None:
+        values = _mask_min_p(values, values[:, :1], inputs.min_p)
+    return values
+
+
+def _mask_top_k_unsorted(scaled: Tensor, inputs: SamplingInputs) -> Tensor:
+    """Keep logits >= the row's k-th largest (ties at the boundary stay); k == 0 keeps all."""
+    assert inputs.top_k is not None
+    top_values = scaled.topk(inputs.max_top_k, dim=-1).values  # [B, max_top_k], descending
+    k = inputs.top_k.clamp(min=1)  # [B]
+    kth = top_values.gather(1, (k - 1)[:, None])  # [B, 1]
+    drop = (scaled < kth) & (inputs.top_k > 0)[:, None]  # [B, V]
+    return scaled.masked_fill(drop, -math.inf)
+
+
+def _mask_min_p(values: Tensor, row_max: Tensor, min_p: Tensor) -> Tensor:
+    """Drop tokens with prob < min_p * max prob, i.e. logit < max logit + log(min_p).
+
+    values: [B, C]; row_max: [B, 1]; min_p: [B] (0 gives log 0 = -inf: nothing dropped).
+    """
+    return values.masked_fill(values < row_max + min_p.log()[:, None], -math.inf)
+
+
+def _to_host(token_ids: Tensor, raw_logprobs: Tensor | None, num_top: int) -> SamplerOutput:
+    """Copy results to the CPU in one transfer. token_ids: int64 [B]; raw_logprobs: [B, V]."""
+    if raw_logprobs is None:
+        return SamplerOutput(token_ids.cpu(), None, None, None)
+    batch = token_ids.shape[0]
+    sampled = raw_logprobs.gather(1, token_ids[:, None])  # [B, 1]
+    if num_top > 0:
+        top_logprobs, top_ids = raw_logprobs.topk(num_top, dim=-1)  # [B, N], descending
+    else:
+        top_logprobs = raw_logprobs.new_empty((batch, 0))
+        top_ids = token_ids.new_empty((batch, 0))
+    # Float32 bits ride in int64 columns (sign-extended int32 views), so one copy carries all.
+    floats = torch.cat([sampled, top_logprobs], dim=1).view(torch.int32).to(torch.int64)
+    packed = torch.cat([token_ids[:, None], top_ids, floats], dim=1).cpu()  # [B, 2 + 2N]
+    floats = packed[:, 1 + num_top :].to(torch.int32).view(torch.float32)  # [B, 1 + N]
+    return SamplerOutput(
+        token_ids=packed[:, 0].contiguous(),
+        logprobs=floats[:, 0].contiguous(),
+        top_token_ids=packed[:, 1 : 1 + num_top].contiguous(),
+        top_logprobs=floats[:, 1:].contiguous(),
+    )

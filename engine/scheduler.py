@@ -1,0 +1,191 @@
+"""Continuous batching with chunked prefill over the token-level KV pool.
+
+`schedule()` picks this step's work and allocates its KV slots; `update()` applies the sampled
+tokens. Only `update`, `add` and `abort` change request state, and never in the middle of a step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from raylight.engine.admission import AdmissionPolicy
+from raylight.engine.batch import Batch, RequestDelta
+from raylight.engine.config import SchedulerConfig
+from raylight.engine.kv_pool import ReqToTokenTable, SlotAllocator
+from raylight.engine.request import FinishReason, Request, RequestStatus
+
+
+class Scheduler:
+    def __init__(
+        self, config: SchedulerConfig, allocator: SlotAllocator, policy: AdmissionPolicy
+    ) -> None:
+        self.config = config
+        self.allocator = allocator
+        self.policy = policy
+        self.table = ReqToTokenTable(config.max_num_seqs, config.max_model_len)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def abort(self, req: Request) -> None:
+        """Ends `req` now (between steps only) and frees what it holds."""
+        if req.is_finished:
+            return
+        if req.status is RequestStatus.RUNNING:
+            self._release(req)
+            self.running.remove(req)
+        else:
+            self.waiting.remove(req)
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = FinishReason.ABORT
+
+    # ---- schedule -------------------------------------------------------------------------
+
+    def schedule(self) -> Batch | None:
+        budget = self.config.max_num_batched_tokens
+        plan: list[tuple[Request, int]] = []
+        for req in self.running:
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if n > 0:
+                plan.append((req, n))
+                budget -= n
+        need = sum(n for _, n in plan)
+        preempted = False
+        while need > self.allocator.num_free:
+            victim = self.running[-1]
+            victim_need = next((n for r, n in plan if r is victim), 0)
+            plan = [(r, n) for r, n in plan if r is not victim]
+            need -= victim_need
+            self._preempt(victim)
+            preempted = True
+        if not preempted:
+            need = self._admit(plan, budget, need)
+        if not plan:
+            return None
+        return self._build_batch(plan, need)
+
+    def _admit(self, plan: list[tuple[Request, int]], budget: int, need: int) -> int:
+        self.policy.begin_step(self.running, self.allocator.num_free)
+        max_seqs = self.config.max_num_seqs
+        while self.waiting and budget > 0 and len(self.running) < max_seqs:
+            req = self.waiting[0]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if need + n > self.allocator.num_free or not self.policy.admit(req):
+                break
+            self.waiting.popleft()
+            req.row = self.table.alloc_row()
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            plan.append((req, n))
+            need += n
+            budget -= n
+        return need
+
+    def _build_batch(self, plan: list[tuple[Request, int]], need: int) -> Batch:
+        requests = [r for r, _ in plan]
+        num_new = np.fromiter((n for _, n in plan), dtype=np.int64, count=len(plan))
+        starts = np.fromiter((r.num_computed_tokens for r in requests), np.int64, len(plan))
+        rows = np.fromiter((r.row for r in requests), dtype=np.int64, count=len(plan))
+        cu = np.zeros(len(plan) + 1, dtype=np.int32)
+        np.cumsum(num_new, out=cu[1:])
+        total = int(cu[-1])
+        # positions: for each request, start .. start + n - 1, concatenated.
+        positions = np.arange(total, dtype=np.int64) + np.repeat(starts - cu[:-1], num_new)
+        slots = self.allocator.alloc(need)
+        self.table.table[np.repeat(rows, num_new), positions] = slots
+        input_ids: list[int] = []
+        for r, n in plan:
+            c = r.num_computed_tokens
+            input_ids.extend(r.token_ids_slice(c, c + n))
+        seq_lens = (starts + num_new).astype(np.int32)
+        num_tokens = np.fromiter((r.num_tokens for r in requests), np.int64, len(plan))
+        sample_indices = np.flatnonzero(seq_lens == num_tokens)
+        return Batch(
+            requests=requests,
+            input_ids=np.asarray(input_ids, dtype=np.int64),
+            positions=positions,
+            out_slots=slots,
+            cu_seqlens_q=cu,
+            seq_lens_kv=seq_lens,
+            req_rows=rows,
+            num_new=num_new,
+            sample_indices=sample_indices,
+            logits_indices=cu[1:][sample_indices].astype(np.int64) - 1,
+            max_q_len=int(num_new.max()),
+            max_kv_len=int(seq_lens.max()),
+        )
+
+    # ---- update ---------------------------------------------------------------------------
+
+    def update(
+        self,
+        batch: Batch,
+        token_ids: list[int],
+        logprobs: list[tuple[float, list[tuple[int, float]]] | None] | None = None,
+    ) -> list[RequestDelta]:
+        """Applies one step: `token_ids[i]` (and `logprobs[i]`) belong to
+        `batch.requests[batch.sample_indices[i]]`."""
+        for req, n in zip(batch.requests, batch.num_new.tolist()):
+            req.num_computed_tokens += n
+        deltas: list[RequestDelta] = []
+        max_len = self.config.max_model_len
+        any_finished = False
+        for i, idx in enumerate(batch.sample_indices.tolist()):
+            req = batch.requests[idx]
+            token = token_ids[i]
+            req.output_token_ids.append(token)
+            lp = logprobs[i] if logprobs is not None else None
+            if lp is not None:
+                req.output_logprobs.append(lp)
+            reason = None
+            n_out = len(req.output_token_ids)
+            if token in req.stop_token_ids and n_out > req.params.min_tokens:
+                reason = FinishReason.STOP
+            elif n_out >= req.max_tokens or req.num_tokens >= max_len:
+                reason = FinishReason.LENGTH
+            if reason is not None:
+                self._finish(req, reason)
+                any_finished = True
+            deltas.append(
+                RequestDelta(
+                    req.request_id,
+                    [token],
+                    None if lp is None else [lp],
+                    None if reason is None else reason.value,
+                    req.num_prompt_tokens,
+                )
+            )
+        if any_finished:
+            self.running = [r for r in self.running if not r.is_finished]
+        return deltas
+
+    # ---- freeing --------------------------------------------------------------------------
+
+    def _finish(self, req: Request, reason: FinishReason) -> None:
+        self._release(req)
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+
+    def _preempt(self, req: Request) -> None:
+        """Frees everything `req` holds; it recomputes its K/V when admitted again."""
+        self._release(req)
+        self.running.remove(req)
+        req.status = RequestStatus.WAITING
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    def _release(self, req: Request) -> None:
+        self.allocator.free(self.table.table[req.row, : req.num_computed_tokens].astype(np.int64))
+        self.table.free_row(req.row)
+        req.row = -1
+        req.num_computed_tokens = 0
