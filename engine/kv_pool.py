@@ -19,7 +19,7 @@ class SlotAllocator:
 
     def __init__(self, num_slots: int) -> None:
         if num_slots < 2:
-            raise ValueError(f"a KV pool needs at least 2 slots (slot 0 is a dummy), got {num_slots}")
+            raise ValueError(f"a KV pool needs 2+ slots (slot 0 is a dummy), got {num_slots}")
         self.num_slots = num_slots
         # Popped from the end; reversed so that a fresh pool hands out 1, 2, 3, ...
         self._stack = np.arange(num_slots - 1, 0, -1, dtype=np.int64)

@@ -50,7 +50,8 @@ class ModelRunner:
             )
         self.model.load_weights(iter_weights(config.model_dir, self.device, progress))
         self.model.eval()
-        self.num_slots = config.num_kv_slots or self._slots_from_free_memory(tp)
+        slots = config.num_kv_slots or self._slots_from_free_memory(tp)
+        self.num_slots = tp.min_int(slots, self.device)
         attn = self.model.layers[0].self_attn.qkv_proj
         shape = (self.num_slots, attn.num_kv_heads_local, arch.head_dim)
         self.k_caches = [
@@ -79,6 +80,20 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: Batch, keep_logits: bool = False) -> StepResult:
+        logits = self.forward(batch)
+        if logits is None:
+            return StepResult([], None)
+        requests = batch.sampling_requests
+        inputs = build_sampling_inputs(requests, self.config.arch.vocab_size, self.device)
+        result = _step_result(self.sampler(logits, inputs), requests)
+        if keep_logits:
+            result.logits = logits.float().cpu()
+        return result
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch) -> torch.Tensor | None:
+        """Runs the model; returns the logits [S, vocab] of the sampling requests (None if no
+        request samples). Every tensor-parallel rank calls this with the same batch."""
         dev = self.device
         input_ids = _to(batch.input_ids, dev)
         positions = _to(batch.positions, dev)
@@ -100,14 +115,8 @@ class ModelRunner:
         ctx = ForwardContext(meta, self.backend, self.k_caches, self.v_caches)
         hidden = self.model(input_ids, positions, ctx)
         if len(batch.sample_indices) == 0:
-            return StepResult([], None)
-        logits = self.model.compute_logits(hidden[_to(batch.logits_indices, dev)])
-        requests = batch.sampling_requests
-        inputs = build_sampling_inputs(requests, self.config.arch.vocab_size, dev)
-        result = _step_result(self.sampler(logits, inputs), requests)
-        if keep_logits:
-            result.logits = logits.float().cpu()
-        return result
+            return None
+        return self.model.compute_logits(hidden[_to(batch.logits_indices, dev)])
 
 
 def _to(a: np.ndarray, device: torch.device) -> torch.Tensor:

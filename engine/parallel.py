@@ -21,6 +21,14 @@ class TPGroup:
             dist.all_reduce(x, group=self.group)
         return x
 
+    def min_int(self, value: int, device: torch.device) -> int:
+        """The smallest `value` over all ranks (so every rank sizes its KV pool the same)."""
+        if self.size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
+        return int(t.item())
+
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
         """[..., n] on each rank -> [..., size * n], rank order."""
         if self.size == 1:

@@ -45,9 +45,10 @@ class ColumnParallelLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
     def load_shard(self, name: str, loaded: torch.Tensor, shard: int = 0) -> None:
-        """Copies this rank's rows of the full tensor `loaded` (weight or bias) into shard `shard`."""
+        """Copies this rank's rows of the full tensor `loaded` (weight or bias) into `shard`."""
         size = self.local_sizes[shard]
-        full = (size * self.tp.size, self.in_features) if loaded.dim() == 2 else (size * self.tp.size,)
+        rows_full = size * self.tp.size
+        full = (rows_full, self.in_features) if loaded.dim() == 2 else (rows_full,)
         check_shape(name, loaded, full)
         rows = loaded.narrow(0, self.tp.rank * size, size)
         target = self.weight if loaded.dim() == 2 else self.bias

@@ -58,7 +58,7 @@ _VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "ee", "ie", "io", "ou", "y")
 _CODAS = ("", "", "", "n", "r", "s", "t", "l", "m", "nd", "ng", "nt", "rs", "st", "ck")
 
 
-def _invented_word(rng: random.Random) -> str:
+def invented_word(rng: random.Random) -> str:
     return "".join(
         rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
         for _ in range(rng.randint(1, 3))
@@ -69,7 +69,7 @@ def _lexicon(rng: random.Random, size: int) -> list[str]:
     """Real words followed by invented ones; sampled Zipf-like so frequent words merge fully."""
     words = list(_ENGLISH)
     while len(words) < size:
-        words.append(_invented_word(rng))
+        words.append(invented_word(rng))
     return words
 
 
