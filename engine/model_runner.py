@@ -39,21 +39,30 @@ def make_attention_backend(name: str) -> AttentionBackend:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, tp: TPGroup, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        tp: TPGroup,
+        progress: bool = True,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        """Builds the model and loads its weights from `config.model_dir`, unless `model` is
+        given (benchmarks pass a stand-in with the same `forward` / `compute_logits`)."""
         self.config = config
         self.device = config.device
         arch = config.arch
         sched = config.scheduler
-        with torch.device(self.device):
-            self.model = model_class(arch.architecture)(
-                arch, tp, config.dtype, max_positions=sched.max_model_len
-            )
-        self.model.load_weights(iter_weights(config.model_dir, self.device, progress))
-        self.model.eval()
+        if model is None:
+            with torch.device(self.device):
+                model = model_class(arch.architecture)(
+                    arch, tp, config.dtype, max_positions=sched.max_model_len
+                )
+            model.load_weights(iter_weights(config.model_dir, self.device, progress))
+        self.model = model.eval()
         slots = config.num_kv_slots or self._slots_from_free_memory(tp)
         self.num_slots = tp.min_int(slots, self.device)
-        attn = self.model.layers[0].self_attn.qkv_proj
-        shape = (self.num_slots, attn.num_kv_heads_local, arch.head_dim)
+        kv_heads_local = max(1, arch.num_kv_heads // tp.size)
+        shape = (self.num_slots, kv_heads_local, arch.head_dim)
         self.k_caches = [
             torch.zeros(shape, dtype=config.dtype, device=self.device)
             for _ in range(arch.num_layers)
@@ -68,8 +77,9 @@ class ModelRunner:
     def _slots_from_free_memory(self, tp: TPGroup) -> int:
         free, _total = torch.cuda.mem_get_info(self.device)
         arch = self.config.arch
-        kv_heads = max(1, arch.num_kv_heads // tp.size)
-        bytes_per_slot = 2 * arch.num_layers * kv_heads * arch.head_dim * self.config.dtype.itemsize
+        kv_heads_local = max(1, arch.num_kv_heads // tp.size)
+        item = self.config.dtype.itemsize
+        bytes_per_slot = 2 * arch.num_layers * kv_heads_local * arch.head_dim * item
         # Leave room for activations: the largest step's logits and hidden states, doubled.
         sched = self.config.scheduler
         activations = 4 * sched.max_num_batched_tokens * (

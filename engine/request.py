@@ -25,7 +25,9 @@ class Request:
     """A request inside the engine. Only `Scheduler.update` (and abort) mutate it.
 
     Invariants: `num_computed_tokens` tokens of `prompt + output` have their K/V in the pool, at
-    the slots in row `row` of the ReqToToken table; `num_computed_tokens <= num_tokens`.
+    the slots in row `row` of the ReqToToken table; `num_computed_tokens <= num_tokens`;
+    `num_tokens == len(prompt_token_ids) + len(output_token_ids)` (kept as a field because the
+    scheduler reads it for every running request every step; `append_token` maintains it).
     """
 
     request_id: str
@@ -43,14 +45,18 @@ class Request:
     num_computed_tokens: int = 0
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    num_tokens: int = field(init=False, default=-1)
+
+    def __post_init__(self) -> None:
+        self.num_tokens = len(self.prompt_token_ids) + len(self.output_token_ids)
 
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
 
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+    def append_token(self, token_id: int) -> None:
+        self.output_token_ids.append(token_id)
+        self.num_tokens += 1
 
     @property
     def is_finished(self) -> bool:

@@ -67,7 +67,7 @@ class Scheduler:
             need -= victim_need
             self._preempt(victim)
             preempted = True
-        if not preempted:
+        if not preempted and self.waiting:
             need = self._admit(plan, budget, need)
         if not plan:
             return None
@@ -92,9 +92,20 @@ class Scheduler:
 
     def _build_batch(self, plan: list[tuple[Request, int]], need: int) -> Batch:
         requests = [r for r, _ in plan]
-        num_new = np.fromiter((n for _, n in plan), dtype=np.int64, count=len(plan))
-        starts = np.fromiter((r.num_computed_tokens for r in requests), np.int64, len(plan))
-        rows = np.fromiter((r.row for r in requests), dtype=np.int64, count=len(plan))
+        input_ids: list[int] = []
+        starts_l, rows_l, totals_l = [], [], []
+        for r, n in plan:
+            c = r.num_computed_tokens
+            if n == 1 and r.output_token_ids and c == r.num_tokens - 1:
+                input_ids.append(r.output_token_ids[-1])  # the common decode case
+            else:
+                input_ids.extend(r.token_ids_slice(c, c + n))
+            starts_l.append(c)
+            rows_l.append(r.row)
+            totals_l.append(r.num_tokens)
+        num_new = np.array([n for _, n in plan], dtype=np.int64)
+        starts = np.array(starts_l, dtype=np.int64)
+        rows = np.array(rows_l, dtype=np.int64)
         cu = np.zeros(len(plan) + 1, dtype=np.int32)
         np.cumsum(num_new, out=cu[1:])
         total = int(cu[-1])
@@ -102,13 +113,8 @@ class Scheduler:
         positions = np.arange(total, dtype=np.int64) + np.repeat(starts - cu[:-1], num_new)
         slots = self.allocator.alloc(need)
         self.table.table[np.repeat(rows, num_new), positions] = slots
-        input_ids: list[int] = []
-        for r, n in plan:
-            c = r.num_computed_tokens
-            input_ids.extend(r.token_ids_slice(c, c + n))
         seq_lens = (starts + num_new).astype(np.int32)
-        num_tokens = np.fromiter((r.num_tokens for r in requests), np.int64, len(plan))
-        sample_indices = np.flatnonzero(seq_lens == num_tokens)
+        sample_indices = np.flatnonzero(seq_lens == np.array(totals_l))
         return Batch(
             requests=requests,
             input_ids=np.asarray(input_ids, dtype=np.int64),
@@ -142,7 +148,7 @@ class Scheduler:
         for i, idx in enumerate(batch.sample_indices.tolist()):
             req = batch.requests[idx]
             token = token_ids[i]
-            req.output_token_ids.append(token)
+            req.append_token(token)
             lp = logprobs[i] if logprobs is not None else None
             if lp is not None:
                 req.output_logprobs.append(lp)

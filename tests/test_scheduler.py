@@ -75,7 +75,8 @@ def run(
     max_len: int = 128,
 ) -> Scheduler:
     alloc = SlotAllocator(num_slots)
-    sched = Scheduler(SchedulerConfig(max_seqs, budget, max_len, policy), alloc, make_policy(policy))
+    config = SchedulerConfig(max_seqs, budget, max_len, policy)
+    sched = Scheduler(config, alloc, make_policy(policy))
     kv = FakeKV(num_slots)
     step = 0
     while sched.has_unfinished or step <= max(reqs_by_step):
@@ -143,7 +144,8 @@ def test_abort_frees_everything_between_steps() -> None:
 
 def test_stop_token_ends_request_after_min_tokens() -> None:
     alloc = SlotAllocator(64)
-    sched = Scheduler(SchedulerConfig(4, 16, 60, "conservative"), alloc, make_policy("conservative"))
+    config = SchedulerConfig(4, 16, 60, "conservative")
+    sched = Scheduler(config, alloc, make_policy("conservative"))
     r = make_request("a", [5, 6], 10)
     sched.add(r)
     batch = sched.schedule()
