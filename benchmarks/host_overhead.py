@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from raylight.engine.admission import make_policy
 from raylight.engine.config import EngineConfig, SchedulerConfig
@@ -37,8 +37,9 @@ class FixedLogitsModel(nn.Module):
         super().__init__()
         self.logits = torch.randn(vocab_size, generator=torch.Generator().manual_seed(0))
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: object) -> torch.Tensor:
-        return input_ids  # one "hidden state" per token; only its row count matters
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: object) -> Tensor:
+        # One "hidden state" per token: only the row count matters.
+        return input_ids
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.logits.expand(hidden.shape[0], -1)
@@ -64,7 +65,8 @@ def measure(batch: int, steps: int, vocab: int, params: SamplingParams) -> dict[
     prompt_len, max_len = 16, 32 + steps
     config = _config(batch, vocab, max_len)
     runner = ModelRunner(config, SINGLE_RANK, model=FixedLogitsModel(vocab))
-    sched = Scheduler(config.scheduler, SlotAllocator(runner.num_slots), make_policy("conservative"))
+    allocator = SlotAllocator(runner.num_slots)
+    sched = Scheduler(config.scheduler, allocator, make_policy("conservative"))
     for i in range(batch):
         sched.add(
             Request(
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "host_overhead",
         "device": "cpu",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread",
+        "machine": f"{platform.machine()}, torch threads: {torch.get_num_threads()}",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "vocab": args.vocab,

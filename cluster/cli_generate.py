@@ -69,5 +69,6 @@ def run_generate(args: argparse.Namespace) -> int:
             num_tokens += len(c.token_ids)
             print(f"--- prompt: {out.prompt!r}")
             print(f"    output ({len(c.token_ids)} tokens, {c.finish_reason}): {c.text!r}")
-    print(f"model {model}: {num_tokens} tokens in {elapsed:.2f} s ({num_tokens / elapsed:.0f} tok/s)")
+    rate = num_tokens / elapsed
+    print(f"model {model}: {num_tokens} tokens in {elapsed:.2f} s ({rate:.0f} tok/s)")
     return 0
