@@ -73,6 +73,8 @@ def resolve_engine_config(
         raise ValueError(
             f"max_model_len={max_model_len} exceeds the model's context length {limit}"
         )
+    if options.enable_prefix_caching:
+        raise ValueError("enable_prefix_caching=True: the prefix cache is not implemented yet")
     if options.max_num_seqs < 1 or options.max_num_batched_tokens < 1:
         raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
     if arch.num_heads % options.tensor_parallel_size or (
