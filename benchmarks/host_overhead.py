@@ -35,7 +35,8 @@ class FixedLogitsModel(nn.Module):
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__()
-        self.logits = torch.randn(vocab_size, generator=torch.Generator().manual_seed(0))
+        logits = torch.randn(vocab_size, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("logits", logits)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: object) -> Tensor:
         # One "hidden state" per token: only the row count matters.
@@ -45,7 +46,7 @@ class FixedLogitsModel(nn.Module):
         return self.logits.expand(hidden.shape[0], -1)
 
 
-def _config(batch: int, vocab: int, max_model_len: int) -> EngineConfig:
+def _config(batch: int, vocab: int, max_model_len: int, device: str) -> EngineConfig:
     arch = ModelArchConfig(
         architecture="LlamaForCausalLM", vocab_size=vocab, hidden_size=8, intermediate_size=8,
         num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5,
@@ -54,17 +55,19 @@ def _config(batch: int, vocab: int, max_model_len: int) -> EngineConfig:
         sliding_window=None, torch_dtype="float32", bos_token_id=None, eos_token_ids=(0,),
     )  # fmt: skip
     return EngineConfig(
-        model_dir=Path("."), arch=arch, dtype=torch.float32, device=torch.device("cpu"),
+        model_dir=Path("."), arch=arch, dtype=torch.float32, device=torch.device(device),
         scheduler=SchedulerConfig(batch, 8192, max_model_len, "conservative"),
         tensor_parallel_size=1, num_kv_slots=batch * max_model_len + 1,
         gpu_memory_utilization=0.9, attention_backend="torch", seed=0,
     )  # fmt: skip
 
 
-def measure(batch: int, steps: int, vocab: int, params: SamplingParams) -> dict[str, float]:
+def measure(
+    batch: int, steps: int, vocab: int, params: SamplingParams, device: str
+) -> dict[str, float]:
     prompt_len, max_len = 16, 32 + steps
-    config = _config(batch, vocab, max_len)
-    runner = ModelRunner(config, SINGLE_RANK, model=FixedLogitsModel(vocab))
+    config = _config(batch, vocab, max_len, device)
+    runner = ModelRunner(config, SINGLE_RANK, model=FixedLogitsModel(vocab).to(device))
     allocator = SlotAllocator(runner.num_slots)
     sched = Scheduler(config.scheduler, allocator, make_policy("conservative"))
     for i in range(batch):
@@ -100,11 +103,18 @@ def measure(batch: int, steps: int, vocab: int, params: SamplingParams) -> dict[
     }
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.machine()})"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--vocab", type=int, default=256)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the fixed logits live")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -115,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, params in cases.items():
         for b in args.batch:
-            measure(b, 20, args.vocab, params)  # warm-up
-            rows.append({"sampling": name, **measure(b, args.steps, args.vocab, params)})
+            measure(b, 20, args.vocab, params, args.device)  # warm-up
+            row = measure(b, args.steps, args.vocab, params, args.device)
+            rows.append({"sampling": name, **row})
     report = {
         "benchmark": "host_overhead",
-        "device": "cpu",
+        "device": _device_name(args.device),
         "machine": f"{platform.machine()}, torch threads: {torch.get_num_threads()}",
         "torch": torch.__version__,
         "python": platform.python_version(),

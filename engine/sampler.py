@@ -78,24 +78,22 @@ def apply_penalties(logits: Tensor, inputs: SamplingInputs) -> Tensor:
 def sample_random(logits: Tensor, inputs: SamplingInputs) -> Tensor:
     """Temperature, top-k, top-p, min-p, then Gumbel-max. logits: float32 [B, V] -> int64 [B].
 
-    Greedy rows get garbage here (they are overwritten by the caller) but no NaN or inf.
+    Both paths give each row the same result whatever its batch mates: top-k keeps every token
+    tied with the k-th largest (as HF and vLLM do), and the sorted path orders ties by token id.
+    Greedy rows get garbage here (the caller overwrites them) but no NaN or inf.
     """
     temperature = torch.where(inputs.temperature < GREEDY_TEMPERATURE, 1.0, inputs.temperature)
     scaled = logits / temperature[:, None]  # [B, V]
-    use_top_k = inputs.top_k is not None
-    if inputs.top_p is not None or (use_top_k and inputs.all_top_k):
-        # Sorted candidates: only the top max_top_k can win when every sampling row has a top-k;
-        # otherwise top-p needs the whole vocabulary sorted.
-        if use_top_k and inputs.all_top_k:
-            values, token_ids = scaled.topk(inputs.max_top_k, dim=-1)  # [B, C], descending
-        else:
-            values, token_ids = scaled.sort(dim=-1, descending=True)  # [B, V]
+    if inputs.top_p is not None:
+        # Stable: ties stay in token-id order, so the top-p cut does not depend on the sort.
+        values, token_ids = scaled.sort(dim=-1, descending=True, stable=True)  # [B, V]
         values = filter_sorted(values, inputs)
         gumbel = gumbel_from_uniform(uniform_noise_at(inputs.seeds, inputs.counters, token_ids))
         choice = (values + gumbel).argmax(dim=-1, keepdim=True)  # [B, 1]
         return token_ids.gather(1, choice).squeeze(1)
-    if use_top_k:
-        scaled = _mask_top_k_unsorted(scaled, inputs)
+    if inputs.top_k is not None:
+        top_values = scaled.topk(inputs.max_top_k, dim=-1).values  # [B, max_top_k], descending
+        scaled = _mask_top_k(scaled, top_values, inputs.top_k)
     if inputs.min_p is not None:
         scaled = _mask_min_p(scaled, scaled.amax(dim=-1, keepdim=True), inputs.min_p)
     vocab_size = scaled.shape[1]
@@ -104,18 +102,16 @@ def sample_random(logits: Tensor, inputs: SamplingInputs) -> Tensor:
 
 
 def filter_sorted(values: Tensor, inputs: SamplingInputs) -> Tensor:
-    """Top-k, top-p, min-p on logits sorted in descending order. values: float32 [B, C].
+    """Top-k, top-p, min-p on logits sorted in descending order. values: float32 [B, V].
 
     Top-p keeps the shortest prefix whose probability (after top-k) reaches top_p, so the first
     token always stays. Min-p compares with the first (largest) logit, which survives top-k/p.
     """
     if inputs.top_k is not None:
-        position = torch.arange(values.shape[1], device=values.device)  # [C]
-        k = torch.where(inputs.top_k > 0, inputs.top_k, values.shape[1])  # [B]
-        values = values.masked_fill(position[None, :] >= k[:, None], -math.inf)
+        values = _mask_top_k(values, values, inputs.top_k)
     if inputs.top_p is not None:
-        probs = values.softmax(dim=-1)  # [B, C]
-        mass_before = probs.cumsum(dim=-1) - probs  # [B, C], exactly 0 in column 0
+        probs = values.softmax(dim=-1)  # [B, V]
+        mass_before = probs.cumsum(dim=-1) - probs  # [B, V], exactly 0 in column 0
         # top_p == 1 keeps everything, even where float32 cumsum rounds the mass to >= 1.
         top_p = torch.where(inputs.top_p < 1.0, inputs.top_p, math.inf)[:, None]  # [B, 1]
         values = values.masked_fill(mass_before >= top_p, -math.inf)
@@ -124,14 +120,13 @@ def filter_sorted(values: Tensor, inputs: SamplingInputs) -> Tensor:
     return values
 
 
-def _mask_top_k_unsorted(scaled: Tensor, inputs: SamplingInputs) -> Tensor:
-    """Keep logits >= the row's k-th largest (ties at the boundary stay); k == 0 keeps all."""
-    assert inputs.top_k is not None
-    top_values = scaled.topk(inputs.max_top_k, dim=-1).values  # [B, max_top_k], descending
-    k = inputs.top_k.clamp(min=1)  # [B]
-    kth = top_values.gather(1, (k - 1)[:, None])  # [B, 1]
-    drop = (scaled < kth) & (inputs.top_k > 0)[:, None]  # [B, V]
-    return scaled.masked_fill(drop, -math.inf)
+def _mask_top_k(values: Tensor, top_values: Tensor, top_k: Tensor) -> Tensor:
+    """Drop values below the row's k-th largest; top_k == 0 keeps all.
+
+    values: [B, C]; top_values: [B, >= max k], the row's largest values in descending order.
+    """
+    kth = top_values.gather(1, (top_k.clamp(min=1) - 1)[:, None])  # [B, 1]
+    return values.masked_fill((values < kth) & (top_k > 0)[:, None], -math.inf)
 
 
 def _mask_min_p(values: Tensor, row_max: Tensor, min_p: Tensor) -> Tensor:

@@ -41,9 +41,7 @@ class SamplingInputs:
     banned_tokens: Tensor | None  # bool [B, V]: must not be sampled (min_tokens not reached)
     max_num_logprobs: int  # max over rows of params.logprobs; -1 when no row wants logprobs
     all_greedy: bool
-    # Host-side facts about top_k, so the sampler chooses its path without a device sync:
-    max_top_k: int = 0  # max top_k over sampling rows (<= V); 0 when top_k is None
-    all_top_k: bool = False  # every non-greedy row has top_k > 0: only top-max_top_k can win
+    max_top_k: int = 0  # max of top_k (<= V), known on the host so topk needs no device sync
 
 
 def build_sampling_inputs(
@@ -58,31 +56,20 @@ def build_sampling_inputs(
     float_rows: list[list[float]] = [temps]
 
     top_k_row = top_p_row = min_p_row = -1
-    max_top_k, all_top_k = 0, False
+    max_top_k = 0
     if not all_greedy:
-        top_ks = [min(p.top_k, vocab_size) if p.top_k > 0 else 0 for p in params]
-        max_top_k = max(top_ks)
-        if max_top_k > 0:
+        top_ks = [p.top_k for p in params]
+        if max(top_ks) > 0:
+            top_ks = [min(k, vocab_size) if k > 0 else 0 for k in top_ks]  # -1 also means off
+            max_top_k = max(top_ks)
             top_k_row = len(int_rows)
             int_rows.append(top_ks)
-            all_top_k = all(
-                k > 0 or t < GREEDY_TEMPERATURE for k, t in zip(top_ks, temps, strict=True)
-            )
-        top_ps = [p.top_p for p in params]
-        if min(top_ps) < 1.0:
-            top_p_row = len(float_rows)
-            float_rows.append(top_ps)
-        min_ps = [p.min_p for p in params]
-        if max(min_ps) > 0.0:
-            min_p_row = len(float_rows)
-            float_rows.append(min_ps)
-
+        top_p_row = _append_if_used(float_rows, [p.top_p for p in params], neutral=1.0)
+        min_p_row = _append_if_used(float_rows, [p.min_p for p in params], neutral=0.0)
     reps = [p.repetition_penalty for p in params]
-    pres = [p.presence_penalty for p in params]
-    freqs = [p.frequency_penalty for p in params]
     rep_row = _append_if_used(float_rows, reps, neutral=1.0)
-    pres_row = _append_if_used(float_rows, pres, neutral=0.0)
-    freq_row = _append_if_used(float_rows, freqs, neutral=0.0)
+    pres_row = _append_if_used(float_rows, [p.presence_penalty for p in params], neutral=0.0)
+    freq_row = _append_if_used(float_rows, [p.frequency_penalty for p in params], neutral=0.0)
 
     ints = torch.tensor(int_rows, dtype=torch.int64).to(device, non_blocking=True)  # [n_int, B]
     floats = torch.tensor(float_rows, dtype=torch.float32).to(device, non_blocking=True)
@@ -91,19 +78,10 @@ def build_sampling_inputs(
     prompt_mask = counts = None
     if rep_row >= 0:
         rows = [i for i, rp in enumerate(reps) if rp != 1.0]
-        index = _linear_index(rows, [r.prompt_token_ids for r in requests], vocab_size, device)
-        prompt_mask = torch.zeros(shape[0] * shape[1], dtype=torch.bool, device=device)
-        prompt_mask = prompt_mask.index_fill_(0, index, True).view(shape)
+        prompt_mask = _token_mask(rows, [r.prompt_token_ids for r in requests], shape, device)
     if rep_row >= 0 or pres_row >= 0 or freq_row >= 0:
-        rows = [
-            i
-            for i, (a, b, c) in enumerate(zip(reps, pres, freqs, strict=True))
-            if (a, b, c) != (1, 0, 0)
-        ]
-        index = _linear_index(rows, [r.output_token_ids for r in requests], vocab_size, device)
-        counts = torch.zeros(shape[0] * shape[1], dtype=torch.float32, device=device)
-        ones = torch.ones(index.shape, dtype=torch.float32, device=device)
-        counts = counts.index_add_(0, index, ones).view(shape)
+        rows = [i for i, p in enumerate(params) if p.uses_penalties]
+        counts = _token_counts(rows, [r.output_token_ids for r in requests], shape, device)
 
     logprobs = [p.logprobs for p in params]
     max_num_logprobs = -1
@@ -126,7 +104,6 @@ def build_sampling_inputs(
         max_num_logprobs=max_num_logprobs,
         all_greedy=all_greedy,
         max_top_k=max_top_k,
-        all_top_k=all_top_k,
     )
 
 
@@ -148,6 +125,25 @@ def _linear_index(
     )
     linear = np.repeat(np.asarray(rows, dtype=np.int64) * vocab_size, lengths) + flat  # [N]
     return torch.from_numpy(linear).to(device, non_blocking=True)
+
+
+def _token_mask(
+    rows: list[int], token_lists: list[list[int]], shape: tuple[int, int], device: torch.device
+) -> Tensor:
+    """bool [B, V]: token occurs in `token_lists[row]`, for the rows in `rows` (others False)."""
+    index = _linear_index(rows, token_lists, shape[1], device)
+    mask = torch.zeros(shape[0] * shape[1], dtype=torch.bool, device=device)
+    return mask.index_fill_(0, index, True).view(shape)
+
+
+def _token_counts(
+    rows: list[int], token_lists: list[list[int]], shape: tuple[int, int], device: torch.device
+) -> Tensor:
+    """float32 [B, V]: occurrences of each token in `token_lists[row]`, for the rows in `rows`."""
+    index = _linear_index(rows, token_lists, shape[1], device)
+    counts = torch.zeros(shape[0] * shape[1], dtype=torch.float32, device=device)
+    ones = torch.ones(index.shape, dtype=torch.float32, device=device)
+    return counts.index_add_(0, index, ones).view(shape)
 
 
 def _banned_tokens(
