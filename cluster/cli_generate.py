@@ -45,11 +45,17 @@ def run_generate(args: argparse.Namespace) -> int:
         max_model_len=args.max_model_len,
         dtype=args.dtype,
     )
-    prompts = list(args.prompt or DEFAULT_PROMPTS)
+    prompts: list = list(args.prompt or DEFAULT_PROMPTS)
     if args.chat:
+        # Token ids straight from the template: encoding its text again would add a second BOS.
         prompts = [
-            llm.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            list(
+                llm.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}],
+                    tokenize=True,
+                    add_generation_prompt=True,
+                    return_dict=False,
+                )
             )
             for p in prompts
         ]
@@ -65,9 +71,12 @@ def run_generate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     num_tokens = 0
     for out in outputs:
+        shown = out.prompt
+        if shown is None:
+            shown = llm.tokenizer.decode(out.prompt_token_ids)
         for c in out.outputs:
             num_tokens += len(c.token_ids)
-            print(f"--- prompt: {out.prompt!r}")
+            print(f"--- prompt: {shown!r}")
             print(f"    output ({len(c.token_ids)} tokens, {c.finish_reason}): {c.text!r}")
     rate = num_tokens / elapsed
     print(f"model {model}: {num_tokens} tokens in {elapsed:.2f} s ({rate:.0f} tok/s)")

@@ -62,7 +62,12 @@ def get_arch(name: str) -> ArchSpec:
 
 
 def hf_config(
-    arch: ArchSpec, shape: ModelShape, dtype: str, bos_token_id: int, eos_token_ids: list[int]
+    arch: ArchSpec,
+    shape: ModelShape,
+    dtype: str,
+    bos_token_id: int,
+    eos_token_ids: list[int],
+    transformers_version: str | None = None,
 ) -> dict[str, Any]:
     """config.json contents, with the legacy `rope_theta`/`rope_scaling` keys real checkpoints
     carry (transformers 5 folds them into `rope_parameters` on load)."""
@@ -96,4 +101,8 @@ def hf_config(
     if arch.model_type in ("qwen2", "qwen3"):
         config["max_window_layers"] = shape.num_hidden_layers
     config.update(arch.extra_config)
+    if transformers_version:
+        # Without it, some transformers 5 releases take the tokenizer for a pre-5.0 Mistral
+        # one and warn that its regex needs `fix_mistral_regex=True`.
+        config["transformers_version"] = transformers_version
     return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,13 @@ from raylight.engine.modelgen.weight_plan import plan_tensors
 from raylight.engine.modelgen.weights_writer import DTYPES, INDEX_FILE, make_tensor, write_weights
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+
+
+def _installed_transformers_version() -> str | None:
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -63,7 +71,10 @@ def make_model(
     write_tokenizer_files(tok, style, out, shape.max_position_embeddings)
     bos_id = special_token_id(tok, style.config_bos_token)
     eos_ids = [special_token_id(tok, t) for t in style.stop_tokens]
-    _write_json(out / "config.json", hf_config(spec, shape, dtype, bos_id, eos_ids))
+    config = hf_config(
+        spec, shape, dtype, bos_id, eos_ids, transformers_version=_installed_transformers_version()
+    )
+    _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", {
         "bos_token_id": bos_id,
         "eos_token_id": eos_ids,

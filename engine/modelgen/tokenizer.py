@@ -17,9 +17,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
 from raylight.engine.modelgen.corpus import corpus_lines, invented_word
 from raylight.engine.modelgen.tokenizer_styles import TokenizerStyle
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 _BYTE_LEVEL_SPACE = "\u0120"  # "Ġ", how ByteLevel spells a leading space
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from types import MappingProxyType
 
 import torch
-from raylight.engine.modelgen.weight_plan import TensorSpec, assign_shards, shard_file_names
 from safetensors.torch import save_file
 from tqdm import tqdm
+
+from raylight.engine.modelgen.weight_plan import TensorSpec, assign_shards, shard_file_names
 
 DTYPES: MappingProxyType[str, torch.dtype] = MappingProxyType({
     "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
