@@ -24,8 +24,9 @@ class Batch:
     input_ids: np.ndarray  # int64 [T]
     positions: np.ndarray  # int64 [T]
     out_slots: np.ndarray  # int64 [T]
-    cu_seqlens_q: np.ndarray  # int32 [B + 1]
-    seq_lens_kv: np.ndarray  # int32 [B]: tokens with K/V after this step
+    token_rows: np.ndarray  # int64 [T]: the ReqToToken row of each token's request
+    cu_seqlens_q: np.ndarray  # int64 [B + 1]
+    seq_lens_kv: np.ndarray  # int64 [B]: tokens with K/V after this step
     req_rows: np.ndarray  # int64 [B]
     num_new: np.ndarray  # int64 [B]
     sample_indices: np.ndarray  # int64 [S]: which of the B requests sample
@@ -47,6 +48,10 @@ class Batch:
         return [reqs[i] for i in self.sample_indices.tolist()]
 
 
+# (logprob of the sampled token, [(token id, logprob)] best alternatives, best first)
+TokenLogprobs = tuple[float, list[tuple[int, float]]]
+
+
 @dataclass(slots=True)
 class RequestDelta:
     """What one step produced for one request: new token ids, and why it ended if it did."""
@@ -55,6 +60,5 @@ class RequestDelta:
     new_token_ids: list[int]
     # Per new token: (logprob of the token, [(token id, logprob)] top alternatives); None when
     # the request did not ask for logprobs.
-    new_logprobs: list[tuple[float, list[tuple[int, float]]]] | None
+    new_logprobs: list[TokenLogprobs] | None
     finish_reason: str | None
-    num_prompt_tokens: int

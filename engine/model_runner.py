@@ -8,21 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from raylight.engine.attention.backend import AttentionBackend, AttentionMetadata
 from raylight.engine.attention.torch_backend import TorchAttentionBackend
-from raylight.engine.batch import Batch
+from raylight.engine.batch import Batch, TokenLogprobs
 from raylight.engine.config import EngineConfig
+from raylight.engine.host_to_device import HostToDevice
 from raylight.engine.layers.attention import ForwardContext
 from raylight.engine.models.registry import model_class
 from raylight.engine.parallel import TPGroup
 from raylight.engine.sampler import Sampler, SamplerOutput
 from raylight.engine.sampling_inputs import build_sampling_inputs
 from raylight.engine.weights import iter_weights
-
-TokenLogprobs = tuple[float, list[tuple[int, float]]]
 
 
 @dataclass(slots=True)
@@ -72,6 +70,7 @@ class ModelRunner:
             (sched.max_num_seqs + 1, sched.max_model_len), dtype=torch.int32, device=self.device
         )
         self.backend = make_attention_backend(config.attention_backend)
+        self.uploader = HostToDevice(self.device)
         self.sampler = Sampler()
 
     def _slots_from_free_memory(self, tp: TPGroup) -> int:
@@ -104,17 +103,17 @@ class ModelRunner:
     def forward(self, batch: Batch) -> torch.Tensor | None:
         """Runs the model; returns the logits [S, vocab] of the sampling requests (None if no
         request samples). Every tensor-parallel rank calls this with the same batch."""
-        dev = self.device
-        input_ids = _to(batch.input_ids, dev)
-        positions = _to(batch.positions, dev)
-        out_slots = _to(batch.out_slots, dev)
-        req_rows = _to(batch.req_rows, dev)
+        b = batch
+        arrays = [b.input_ids, b.positions, b.out_slots, b.token_rows,
+                  b.cu_seqlens_q, b.seq_lens_kv, b.req_rows, b.logits_indices]  # fmt: skip
+        input_ids, positions, out_slots, token_rows, cu_q, kv_lens, req_rows, logits_idx = (
+            self.uploader.upload(arrays)
+        )
         # The scheduler wrote these entries into its host table; mirror them on the device.
-        token_rows = torch.repeat_interleave(req_rows, _to(batch.num_new, dev))
         self.req_to_token[token_rows, positions] = out_slots.to(torch.int32)
         meta = AttentionMetadata(
-            cu_seqlens_q=_to(batch.cu_seqlens_q, dev),
-            seq_lens_kv=_to(batch.seq_lens_kv, dev),
+            cu_seqlens_q=cu_q,
+            seq_lens_kv=kv_lens,
             req_rows=req_rows,
             req_to_token=self.req_to_token,
             out_slots=out_slots,
@@ -126,11 +125,7 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, ctx)
         if len(batch.sample_indices) == 0:
             return None
-        return self.model.compute_logits(hidden[_to(batch.logits_indices, dev)])
-
-
-def _to(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(a).to(device, non_blocking=True)
+        return self.model.compute_logits(hidden[logits_idx])
 
 
 def _step_result(out: SamplerOutput, requests: list) -> StepResult:

@@ -27,7 +27,7 @@ class Request:
     Invariants: `num_computed_tokens` tokens of `prompt + output` have their K/V in the pool, at
     the slots in row `row` of the ReqToToken table; `num_computed_tokens <= num_tokens`;
     `num_tokens == len(prompt_token_ids) + len(output_token_ids)` (kept as a field because the
-    scheduler reads it for every running request every step; `append_token` maintains it).
+    scheduler reads it for every running request every step; `Scheduler.update` maintains it).
     """
 
     request_id: str
@@ -53,10 +53,6 @@ class Request:
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
-
-    def append_token(self, token_id: int) -> None:
-        self.output_token_ids.append(token_id)
-        self.num_tokens += 1
 
     @property
     def is_finished(self) -> bool:

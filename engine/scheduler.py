@@ -11,7 +11,7 @@ from collections import deque
 import numpy as np
 
 from raylight.engine.admission import AdmissionPolicy
-from raylight.engine.batch import Batch, RequestDelta
+from raylight.engine.batch import Batch, RequestDelta, TokenLogprobs
 from raylight.engine.config import SchedulerConfig
 from raylight.engine.kv_pool import ReqToTokenTable, SlotAllocator
 from raylight.engine.request import FinishReason, Request, RequestStatus
@@ -54,11 +54,13 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         plan: list[tuple[Request, int]] = []
         for req in self.running:
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            n = req.num_tokens - req.num_computed_tokens
+            if n > budget:
+                n = budget
             if n > 0:
                 plan.append((req, n))
                 budget -= n
-        need = sum(n for _, n in plan)
+        need = self.config.max_num_batched_tokens - budget
         preempted = False
         while need > self.allocator.num_free:
             victim = self.running[-1]
@@ -106,26 +108,28 @@ class Scheduler:
         num_new = np.array([n for _, n in plan], dtype=np.int64)
         starts = np.array(starts_l, dtype=np.int64)
         rows = np.array(rows_l, dtype=np.int64)
-        cu = np.zeros(len(plan) + 1, dtype=np.int32)
+        cu = np.zeros(len(plan) + 1, dtype=np.int64)
         np.cumsum(num_new, out=cu[1:])
         total = int(cu[-1])
         # positions: for each request, start .. start + n - 1, concatenated.
         positions = np.arange(total, dtype=np.int64) + np.repeat(starts - cu[:-1], num_new)
         slots = self.allocator.alloc(need)
-        self.table.table[np.repeat(rows, num_new), positions] = slots
-        seq_lens = (starts + num_new).astype(np.int32)
+        token_rows = np.repeat(rows, num_new)
+        self.table.table[token_rows, positions] = slots
+        seq_lens = starts + num_new
         sample_indices = np.flatnonzero(seq_lens == np.array(totals_l))
         return Batch(
             requests=requests,
             input_ids=np.asarray(input_ids, dtype=np.int64),
             positions=positions,
             out_slots=slots,
+            token_rows=token_rows,
             cu_seqlens_q=cu,
             seq_lens_kv=seq_lens,
             req_rows=rows,
             num_new=num_new,
             sample_indices=sample_indices,
-            logits_indices=cu[1:][sample_indices].astype(np.int64) - 1,
+            logits_indices=cu[1:][sample_indices] - 1,
             max_q_len=int(num_new.max()),
             max_kv_len=int(seq_lens.max()),
         )
@@ -136,40 +140,37 @@ class Scheduler:
         self,
         batch: Batch,
         token_ids: list[int],
-        logprobs: list[tuple[float, list[tuple[int, float]]] | None] | None = None,
+        logprobs: list[TokenLogprobs | None] | None = None,
     ) -> list[RequestDelta]:
         """Applies one step: `token_ids[i]` (and `logprobs[i]`) belong to
         `batch.requests[batch.sample_indices[i]]`."""
-        for req, n in zip(batch.requests, batch.num_new.tolist()):
+        requests = batch.requests
+        for req, n in zip(requests, batch.num_new.tolist()):
             req.num_computed_tokens += n
+        if len(batch.sample_indices) != len(requests):  # some requests are mid-prefill
+            requests = [requests[i] for i in batch.sample_indices.tolist()]
         deltas: list[RequestDelta] = []
         max_len = self.config.max_model_len
         any_finished = False
-        for i, idx in enumerate(batch.sample_indices.tolist()):
-            req = batch.requests[idx]
+        for i, req in enumerate(requests):
             token = token_ids[i]
-            req.append_token(token)
-            lp = logprobs[i] if logprobs is not None else None
+            out = req.output_token_ids
+            out.append(token)
+            req.num_tokens += 1  # kept equal to len(prompt) + len(output)
+            lp = None if logprobs is None else logprobs[i]
             if lp is not None:
                 req.output_logprobs.append(lp)
             reason = None
-            n_out = len(req.output_token_ids)
-            if token in req.stop_token_ids and n_out > req.params.min_tokens:
+            if token in req.stop_token_ids and len(out) > req.params.min_tokens:
                 reason = FinishReason.STOP
-            elif n_out >= req.max_tokens or req.num_tokens >= max_len:
+            elif len(out) >= req.max_tokens or req.num_tokens >= max_len:
                 reason = FinishReason.LENGTH
             if reason is not None:
                 self._finish(req, reason)
                 any_finished = True
-            deltas.append(
-                RequestDelta(
-                    req.request_id,
-                    [token],
-                    None if lp is None else [lp],
-                    None if reason is None else reason.value,
-                    req.num_prompt_tokens,
-                )
-            )
+                deltas.append(RequestDelta(req.request_id, [token], _one(lp), reason.value))
+            else:
+                deltas.append(RequestDelta(req.request_id, [token], _one(lp), None))
         if any_finished:
             self.running = [r for r in self.running if not r.is_finished]
         return deltas
@@ -195,3 +196,7 @@ class Scheduler:
         self.table.free_row(req.row)
         req.row = -1
         req.num_computed_tokens = 0
+
+
+def _one(logprobs: TokenLogprobs | None) -> list[TokenLogprobs] | None:
+    return None if logprobs is None else [logprobs]

@@ -26,7 +26,7 @@ from raylight.engine.parallel import TPGroup
 
 _HEADER = 8  # num_tokens, num_reqs, num_sampled, max_q_len, max_kv_len, stop flag, 0, 0
 _ARRAYS = (
-    "input_ids", "positions", "out_slots", "cu_seqlens_q", "seq_lens_kv", "req_rows",
+    "input_ids", "positions", "out_slots", "token_rows", "cu_seqlens_q", "seq_lens_kv", "req_rows",
     "num_new", "sample_indices", "logits_indices",
 )  # fmt: skip
 
@@ -95,7 +95,7 @@ def _worker_main(rank: int, init_method: str, config: EngineConfig) -> None:
 
 
 def _send_batch(batch: Batch, group: dist.ProcessGroup) -> None:
-    arrays = [getattr(batch, name).astype(np.int64, copy=False) for name in _ARRAYS]
+    arrays = [getattr(batch, name) for name in _ARRAYS]
     header = torch.tensor(
         [batch.num_tokens, len(batch.requests), len(batch.sample_indices),
          batch.max_q_len, batch.max_kv_len, 0, 0, 0],
@@ -111,13 +111,11 @@ def _recv_batch(group: dist.ProcessGroup) -> Batch | None:
     t, b, s, max_q, max_kv, stop, _, _ = header.tolist()
     if stop:
         return None
-    sizes = [t, t, t, b + 1, b, b, b, s, s]
+    sizes = [t, t, t, t, b + 1, b, b, b, s, s]
     payload = torch.empty(sum(sizes), dtype=torch.int64)
     dist.broadcast(payload, src=0, group=group)
     parts = np.split(payload.numpy(), np.cumsum(sizes)[:-1])
     fields = dict(zip(_ARRAYS, parts))
-    fields["cu_seqlens_q"] = fields["cu_seqlens_q"].astype(np.int32)
-    fields["seq_lens_kv"] = fields["seq_lens_kv"].astype(np.int32)
     return Batch(requests=[], max_q_len=max_q, max_kv_len=max_kv, **fields)
 
 

@@ -20,8 +20,8 @@ import torch
 
 @dataclass(slots=True)
 class AttentionMetadata:
-    cu_seqlens_q: torch.Tensor  # int32 [B + 1], device
-    seq_lens_kv: torch.Tensor  # int32 [B], device
+    cu_seqlens_q: torch.Tensor  # int64 [B + 1], device
+    seq_lens_kv: torch.Tensor  # int64 [B], device
     req_rows: torch.Tensor  # int64 [B], device
     req_to_token: torch.Tensor  # int32 [rows, max_model_len], device
     out_slots: torch.Tensor  # int64 [T], device
