@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "vocab": args.vocab,
-        "command": "python -m raylight.benchmarks.host_overhead " + " ".join(argv or []),
+        "command": "python -m raylight.benchmarks.host_overhead "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "results": rows,
         "summary": {
             f"{r['sampling']}_b{r['batch']}_step_ms": round(r["step_ms"], 4) for r in rows

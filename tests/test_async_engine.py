@@ -18,7 +18,9 @@ from .engine_helpers import run_to_completion
 
 @pytest.fixture(scope="module")
 def engine(tiny_models: dict[str, Path]):
-    opts = EngineOptions(max_model_len=256, max_num_seqs=8, max_num_batched_tokens=64)
+    opts = EngineOptions(
+        dtype="float32", max_model_len=256, max_num_seqs=8, max_num_batched_tokens=64
+    )
     eng = AsyncEngine(create_engine_core(tiny_models["llama"], opts, progress=False))
     yield eng
     eng.shutdown()
@@ -52,7 +54,8 @@ def test_concurrent_streams_equal_sequential(engine: AsyncEngine, tiny_models: d
         return await asyncio.gather(*(one(i) for i in range(len(prompts))))
 
     streamed = asyncio.run(all_of_them())
-    ref_core = create_engine_core(tiny_models["llama"], EngineOptions(max_model_len=256), False)
+    ref_opts = EngineOptions(dtype="float32", max_model_len=256)
+    ref_core = create_engine_core(tiny_models["llama"], ref_opts, progress=False)
     sequential = [run_to_completion(ref_core, [p], params)[0].output_token_ids for p in prompts]
     assert streamed == sequential
     wait_idle(engine)

@@ -76,7 +76,9 @@ def test_greedy_tokens_match_hf(
     arrivals: list[int] | None,
 ) -> None:
     prompts, expected, _ = hf_reference[arch]
-    opts = EngineOptions(max_model_len=512, max_num_batched_tokens=budget, max_num_seqs=8)
+    opts = EngineOptions(
+        dtype="float32", max_model_len=512, max_num_batched_tokens=budget, max_num_seqs=8
+    )
     core = create_engine_core(tiny_models[arch], opts, progress=False)
     reqs = run_to_completion(core, prompts, GREEDY, arrivals)
     for i, (req, ref) in enumerate(zip(reqs, expected)):
@@ -89,7 +91,8 @@ def test_last_position_logits_match_hf(
     tiny_models: dict[str, Path], hf_reference: dict, arch: str
 ) -> None:
     prompts, _, hf_logits = hf_reference[arch]
-    core = create_engine_core(tiny_models[arch], EngineOptions(max_model_len=512), False)
+    opts = EngineOptions(dtype="float32", max_model_len=512)
+    core = create_engine_core(tiny_models[arch], opts, progress=False)
     for i, p in enumerate(prompts):
         core.add(core.make_request(str(i), p, SamplingParams(temperature=0, max_tokens=1)))
     batch = core.scheduler.schedule()
@@ -108,7 +111,11 @@ def test_preemption_under_a_small_pool_keeps_hf_output(
     prompts, expected, _ = hf_reference["llama"]
     # 256 slots cannot hold 8 requests of up to 184 tokens: the aggressive policy preempts.
     opts = EngineOptions(
-        max_model_len=256, num_kv_slots=257, admission_policy="aggressive", max_num_seqs=8
+        dtype="float32",
+        max_model_len=256,
+        num_kv_slots=257,
+        admission_policy="aggressive",
+        max_num_seqs=8,
     )
     core = create_engine_core(tiny_models["llama"], opts, progress=False)
     reqs = run_to_completion(core, prompts, GREEDY)
@@ -122,7 +129,9 @@ def test_tensor_parallel_two_ranks_matches_one(tiny_models: dict[str, Path]) -> 
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     outs = []
     for tp in (1, 2):
-        opts = EngineOptions(max_model_len=256, tensor_parallel_size=tp, max_num_batched_tokens=40)
+        opts = EngineOptions(
+            dtype="float32", max_model_len=256, tensor_parallel_size=tp, max_num_batched_tokens=40
+        )
         core = create_engine_core(tiny_models["qwen2"], opts, progress=False)
         outs.append([r.output_token_ids for r in run_to_completion(core, prompts, params)])
     assert outs[0] == outs[1]
