@@ -67,6 +67,9 @@ class AsyncEngine:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._streams[request_id] = (asyncio.get_running_loop(), out)
+            if self._error is not None:  # stopped while we registered: nobody would answer
+                del self._streams[request_id]
+                raise EngineDeadError("the engine loop has stopped") from self._error
         self._inbox.put(_Add(req))
         finished = False
         try:
@@ -99,6 +102,8 @@ class AsyncEngine:
             while True:
                 block = not self.core.has_unfinished
                 if not self._drain(block):
+                    self._error = EngineDeadError("the engine was shut down")
+                    self._fail_all(self._error)
                     return
                 deltas = self.core.step()
                 if deltas:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from raylight.engine.engine_core import EngineCore
 from raylight.engine.request import Request
 from raylight.engine.sampling_params import SamplingParams
@@ -34,3 +36,22 @@ def run_to_completion(
         step += 1
     assert_pool_empty(core)
     return reqs
+
+
+def make_sampling_request(
+    params: SamplingParams,
+    seed: int = 0,
+    prompt: Sequence[int] = (1, 2),
+    output: Sequence[int] = (),
+    stop: Sequence[int] = (),
+) -> Request:
+    """A request as the sampler sees it mid-generation (`output` tokens already produced)."""
+    return Request(
+        request_id=f"r{seed}",
+        prompt_token_ids=list(prompt),
+        params=params,
+        max_tokens=64,
+        sample_seed=seed,
+        stop_token_ids=frozenset(stop),
+        output_token_ids=list(output),
+    )

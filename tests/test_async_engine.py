@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raylight.engine.async_engine import AsyncEngine
+from raylight.engine.async_engine import AsyncEngine, EngineDeadError
 from raylight.engine.config import EngineOptions
 from raylight.engine.errors import RequestRejectedError
 from raylight.engine.llm import create_engine_core
@@ -103,3 +103,21 @@ def test_invalid_request_raises_and_engine_keeps_serving(engine: AsyncEngine) ->
 
     assert asyncio.run(good()) >= 1
     wait_idle(engine)
+
+
+def test_shutdown_fails_waiting_streams(tiny_models: dict[str, Path]) -> None:
+    opts = EngineOptions(dtype="float32", max_model_len=256)
+    eng = AsyncEngine(create_engine_core(tiny_models["llama"], opts, progress=False))
+    params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
+
+    async def stream_then_shutdown() -> None:
+        gen = eng.generate("first", [4, 5, 6], params)
+        await gen.__anext__()
+        eng.shutdown()
+        with pytest.raises(EngineDeadError):
+            async for _ in gen:
+                pass
+        with pytest.raises(EngineDeadError):
+            await eng.generate("second", [4, 5, 6], params).__anext__()
+
+    asyncio.run(stream_then_shutdown())

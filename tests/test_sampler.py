@@ -12,25 +12,9 @@ from raylight.engine.sampler import Sampler, SamplerOutput, apply_penalties
 from raylight.engine.sampling_inputs import build_sampling_inputs
 from raylight.engine.sampling_params import SamplingParams
 
+from .engine_helpers import make_sampling_request as make_request
+
 CPU = torch.device("cpu")
-
-
-def make_request(
-    params: SamplingParams,
-    seed: int = 0,
-    prompt: Sequence[int] = (1, 2),
-    output: Sequence[int] = (),
-    stop: Sequence[int] = (),
-) -> Request:
-    return Request(
-        request_id=f"r{seed}",
-        prompt_token_ids=list(prompt),
-        params=params,
-        max_tokens=64,
-        sample_seed=seed,
-        stop_token_ids=frozenset(stop),
-        output_token_ids=list(output),
-    )
 
 
 def sample(logits: torch.Tensor, requests: Sequence[Request]) -> SamplerOutput:
