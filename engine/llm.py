@@ -15,6 +15,7 @@ from raylight.engine.model_runner import ModelRunner
 from raylight.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from raylight.engine.parallel import SINGLE_RANK
 from raylight.engine.sampling_params import SamplingParams
+from raylight.engine.tokenizer import load_tokenizer
 
 Prompt = str | list[int]
 
@@ -41,10 +42,8 @@ class LLM:
     """Loads a model directory and generates from prompts (strings or token-id lists)."""
 
     def __init__(self, model: str | Path, *, progress: bool = True, **options: object) -> None:
-        from transformers import AutoTokenizer
-
         self.core = create_engine_core(model, engine_options(options), progress)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self.tokenizer = load_tokenizer(model)
         self._next_id = 0
 
     def generate(

@@ -157,3 +157,14 @@ def test_sharded_checkpoint_loads_identically(tmp_path: Path, llm: LLM) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     sharded = LLM(d, max_model_len=256, progress=False).generate("shards", params)
     assert sharded[0].outputs[0].token_ids == llm.generate("shards", params)[0].outputs[0].token_ids
+
+
+def test_tiny_model_loads_and_generates_in_well_under_a_second(tiny_models: dict) -> None:
+    import time
+
+    LLM(tiny_models["qwen2"], max_model_len=256, progress=False)  # imports, first-use caches
+    start = time.perf_counter()
+    fresh = LLM(tiny_models["llama"], max_model_len=256, progress=False)
+    fresh.generate(["hello"] * 8, SamplingParams(max_tokens=64, ignore_eos=True))
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"load + 8x64 tokens took {elapsed:.2f} s"  # measured here: ~0.3 s
