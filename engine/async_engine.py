@@ -35,6 +35,9 @@ class _Stop:
     pass
 
 
+Sink = Callable[[RequestDelta | BaseException], None]
+
+
 class EngineDeadError(RuntimeError):
     """The step loop failed; the original exception is the `__cause__`."""
 
@@ -43,8 +46,9 @@ class AsyncEngine:
     def __init__(self, core: EngineCore) -> None:
         self.core = core
         self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
-        # request id -> (its event loop, its queue); touched by both threads under the lock.
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        # request id -> (its event loop, its sink); touched by both threads under the lock. A sink
+        # is called on its loop with each delta, or once with an exception.
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, Sink]] = {}
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="raylight-engine", daemon=True)
@@ -59,18 +63,9 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestDelta]:
         """Streams one sample's deltas; raises `RequestRejectedError` before yielding if the
         request is invalid."""
-        if self._error is not None:
-            raise EngineDeadError("the engine loop has stopped") from self._error
         req = self.core.make_request(request_id, prompt_token_ids, params, sample_index)
         out: asyncio.Queue[RequestDelta | BaseException] = asyncio.Queue()
-        with self._lock:
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already in use")
-            self._streams[request_id] = (asyncio.get_running_loop(), out)
-            if self._error is not None:  # stopped while we registered: nobody would answer
-                del self._streams[request_id]
-                raise EngineDeadError("the engine loop has stopped") from self._error
-        self._inbox.put(_Add(req))
+        self.submit(req, out.put_nowait)
         finished = False
         try:
             while not finished:
@@ -87,6 +82,18 @@ class AsyncEngine:
                 self._streams.pop(request_id, None)
             if not finished:
                 self._inbox.put(_Abort(request_id))
+
+    def submit(self, req: Request, sink: Sink) -> None:
+        """Adds a request made by `core.make_request`; `sink` is then called on the caller's
+        event loop with each of its deltas (the last has a finish_reason), or once with an
+        exception. For servers that fan deltas out themselves instead of awaiting `generate`."""
+        with self._lock:
+            if self._error is not None:
+                raise EngineDeadError("the engine loop has stopped") from self._error
+            if req.request_id in self._streams:
+                raise ValueError(f"request id {req.request_id!r} is already in use")
+            self._streams[req.request_id] = (asyncio.get_running_loop(), sink)
+        self._inbox.put(_Add(req))
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
@@ -129,12 +136,17 @@ class AsyncEngine:
                     self._send(cmd.request.request_id, exc)
             else:
                 self.core.abort(cmd.request_id)
+                with self._lock:
+                    self._streams.pop(cmd.request_id, None)
 
     def _dispatch(self, deltas: list[RequestDelta]) -> None:
-        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestDelta]]] = {}
+        per_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sink, RequestDelta]]] = {}
         with self._lock:
             for d in deltas:
-                target = self._streams.get(d.request_id)
+                if d.finish_reason is None:
+                    target = self._streams.get(d.request_id)
+                else:
+                    target = self._streams.pop(d.request_id, None)
                 if target is not None:
                     per_loop.setdefault(target[0], []).append((target[1], d))
         for loop, items in per_loop.items():
@@ -142,15 +154,16 @@ class AsyncEngine:
 
     def _send(self, request_id: str, item: BaseException) -> None:
         with self._lock:
-            target = self._streams.get(request_id)
+            target = self._streams.pop(request_id, None)
         if target is not None:
-            _call_soon(target[0], target[1].put_nowait, item)
+            _call_soon(target[0], target[1], item)
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
             targets = list(self._streams.values())
-        for loop, q in targets:
-            _call_soon(loop, q.put_nowait, exc)
+            self._streams.clear()
+        for loop, sink in targets:
+            _call_soon(loop, sink, exc)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
@@ -160,6 +173,6 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args
         pass  # that event loop is closed: nobody is listening any more
 
 
-def _deliver(items: list[tuple[asyncio.Queue, RequestDelta]]) -> None:
-    for q, d in items:
-        q.put_nowait(d)
+def _deliver(items: list[tuple[Sink, RequestDelta]]) -> None:
+    for sink, d in items:
+        sink(d)
