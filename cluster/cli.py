@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from types import MappingProxyType
 
+from raylight.cluster.cli_bench import add_bench
 from raylight.cluster.cli_generate import add_generate
 
 _SIZE_UNITS = MappingProxyType({
@@ -80,6 +81,7 @@ def _run_make_model(args: argparse.Namespace) -> int:
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_generate,
     _add_make_model,
+    add_bench,
 )
 
 
