@@ -1,0 +1,93 @@
+"""The OpenAI-compatible HTTP protocol in one import: request models (validated), response
+models (OpenAI's exact shapes), vLLM's tokenize/detokenize bodies, and `parse_request`.
+
+Parse a body with `parse_request(CompletionRequest, raw_bytes)`: it raises `OpenAIError` (400,
+`param` naming the field) for every problem, so the ingress has one error path.
+"""
+
+from raylight.cluster.protocol_base import RequestModel, parse_request
+from raylight.cluster.protocol_messages import ChatMessage, ContentPart, Role
+from raylight.cluster.protocol_requests import (
+    MAX_STOP_SEQUENCES,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseFormat,
+    StreamOptions,
+)
+from raylight.cluster.protocol_responses import (
+    MIN_LOGPROB,
+    SSE_DONE,
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatLogprobs,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    DeltaMessage,
+    FinishReason,
+    ModelCard,
+    ModelList,
+    PromptTokensDetails,
+    TokenLogprob,
+    TopLogprob,
+    UsageInfo,
+    chat_completion_id,
+    completion_id,
+    sse_event,
+)
+from raylight.cluster.protocol_tokenize import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeRequest,
+    TokenizeResponse,
+    parse_tokenize_request,
+)
+
+__all__ = [
+    "MAX_STOP_SEQUENCES",
+    "MIN_LOGPROB",
+    "SSE_DONE",
+    "AssistantMessage",
+    "ChatChoice",
+    "ChatChunkChoice",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatLogprobs",
+    "ChatMessage",
+    "Completion",
+    "CompletionChoice",
+    "CompletionChunk",
+    "CompletionLogprobs",
+    "CompletionRequest",
+    "ContentPart",
+    "DeltaMessage",
+    "DetokenizeRequest",
+    "DetokenizeResponse",
+    "FinishReason",
+    "ModelCard",
+    "ModelList",
+    "PromptTokensDetails",
+    "RequestModel",
+    "ResponseFormat",
+    "Role",
+    "StreamOptions",
+    "TokenLogprob",
+    "TokenizeChatRequest",
+    "TokenizeCompletionRequest",
+    "TokenizeRequest",
+    "TokenizeResponse",
+    "TopLogprob",
+    "UsageInfo",
+    "chat_completion_id",
+    "completion_id",
+    "parse_request",
+    "parse_tokenize_request",
+    "sse_event",
+]
