@@ -1,0 +1,105 @@
+"""One prompt's generation as the ingress sees it: route it, start its n samples on an engine
+replica, and turn the token deltas coming back into text events (detokenized, stop strings cut).
+
+Leaving the iterator early (client disconnect, error) aborts the samples still running, so their
+KV slots are freed within one engine step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from raylight.cluster.detokenizer import DetokenizeParams, IncrementalDetokenizer
+from raylight.cluster.errors import bad_request
+from raylight.cluster.params import TextOptions
+from raylight.engine.batch import RequestDelta, TokenLogprobs
+from raylight.engine.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class SampleEvent:
+    """New text (and the tokens behind it) of sample `index`; `finish_reason` on its last."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs] | None
+    finish_reason: str | None
+    num_output_tokens: int  # tokens of this sample that count as output so far
+
+
+class DeltaRouter:
+    """Per ingress replica: request id -> the queue of the generation waiting for it."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, asyncio.Queue[RequestDelta]] = {}
+
+    def deliver(self, deltas: list[RequestDelta]) -> None:
+        for d in deltas:
+            q = self.queues.get(d.request_id)
+            if q is not None:
+                q.put_nowait(d)
+
+
+async def generate_samples(
+    *,
+    ingress_id: str,
+    request_id: str,
+    prompt_token_ids: list[int],
+    params: SamplingParams,
+    text_options: TextOptions,
+    tokenizer: Any,
+    engine: Any,  # a DeploymentHandle to the chosen engine replica
+    deltas: DeltaRouter,
+) -> AsyncIterator[SampleEvent]:
+    sample_ids = [f"{request_id}-{j}" for j in range(params.n)]
+    queue: asyncio.Queue[RequestDelta] = asyncio.Queue()
+    for rid in sample_ids:
+        deltas.queues[rid] = queue
+    running = set(sample_ids)
+    detok_params = DetokenizeParams(
+        skip_special_tokens=text_options.skip_special_tokens,
+        stop=text_options.stop,
+        include_stop_str_in_output=text_options.include_stop_str_in_output,
+    )
+    detoks = [IncrementalDetokenizer(tokenizer, prompt_token_ids, detok_params) for _ in sample_ids]
+    try:
+        for j, rid in enumerate(sample_ids):
+            rejection = await engine.add.remote(ingress_id, rid, prompt_token_ids, params, j)
+            if rejection is not None:
+                running.discard(rid)
+                raise bad_request(rejection.message, rejection.param)
+        while running:
+            d = await queue.get()
+            j = int(d.request_id.rsplit("-", 1)[1])
+            if d.request_id not in running:
+                continue  # in flight when a stop string already ended this sample
+            event = _event(j, d, detoks[j])
+            if event.finish_reason is not None:
+                running.discard(d.request_id)
+                if d.finish_reason is None:  # a stop string: the engine must stop too
+                    await engine.abort.remote([d.request_id])
+            yield event
+    finally:
+        for rid in sample_ids:
+            deltas.queues.pop(rid, None)
+        if running:
+            await engine.abort.remote(sorted(running))
+
+
+def _event(index: int, d: RequestDelta, detok: IncrementalDetokenizer) -> SampleEvent:
+    out = detok.add_tokens(d.new_token_ids)
+    text, stop, used = out.text, out.stop_matched, out.num_tokens_used
+    finish = "stop" if stop is not None else d.finish_reason
+    if finish is not None and stop is None:
+        tail = detok.finish()
+        text += tail.text
+        used = tail.num_tokens_used
+        if tail.stop_matched is not None:
+            finish = "stop"
+    if finish == "abort":
+        finish = "stop"
+    return SampleEvent(index, text, d.new_token_ids, d.new_logprobs, finish, used)
