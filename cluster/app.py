@@ -35,7 +35,8 @@ def build_app_from_config(config: AppConfig) -> Application:
 
         model_dir = str(ensure_default_model())
     if not config.served_model_name:
-        config = dataclasses.replace(config, served_model_name=Path(model_dir).name)
+        name = Path(model_dir).name if config.model else "raylight-tiny"
+        config = dataclasses.replace(config, served_model_name=name)
     # Resolved here so a bad model directory or option fails before anything is deployed.
     resolved = resolve_engine_config(
         Path(model_dir), load_arch_config(Path(model_dir)), engine_options(config.engine)
@@ -50,6 +51,9 @@ def build_app_from_config(config: AppConfig) -> Application:
             name=f"engine-{i}",
             ray_actor_options={"num_gpus": gpus, "num_cpus": 1},
             max_ongoing_requests=100_000,  # admission is the engine scheduler's job
+            # Ingress subscriptions are endless streams: don't wait for them to drain.
+            graceful_shutdown_wait_loop_s=0.5,
+            graceful_shutdown_timeout_s=2,
         ).bind(model_dir, config.engine, i, router)
         for i in range(config.num_engine_replicas)
     ]

@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from raylight.cluster.cli_bench import add_bench
 from raylight.cluster.cli_generate import add_generate
+from raylight.cluster.cli_serve import add_serve
 
 _SIZE_UNITS = MappingProxyType({
     "": 1, "B": 1,
@@ -79,6 +80,7 @@ def _run_make_model(args: argparse.Namespace) -> int:
 
 # Subcommands in the order `raylight --help` lists them; add new ones here.
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_serve,
     add_generate,
     _add_make_model,
     add_bench,

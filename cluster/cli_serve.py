@@ -1,0 +1,74 @@
+"""`raylight serve`: start (or join) Ray, deploy the OpenAI-compatible app, serve until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+
+
+def add_serve(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (default: the embedded tiny model)",
+        description="Deploy raylight on Ray Serve and serve until Ctrl-C / SIGTERM.",
+    )
+    p.add_argument("--model", default="", help="HF model directory (default: embedded tiny)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--address", default=None, help="join this Ray cluster (default: RAY_ADDRESS "
+                   "or a new local instance)")  # fmt: skip
+    p.add_argument("--served-model-name", default="")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--num-engine-replicas", type=int, default=1)
+    p.add_argument("--num-ingress-replicas", type=int, default=1)
+    p.add_argument("--max-queued-requests", type=int, default=1024)
+    p.add_argument("--tensor-parallel-size", type=int, default=None)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(handler=run_serve)
+
+
+_APP_ARGS = (
+    "model", "served_model_name", "api_key", "num_engine_replicas", "num_ingress_replicas",
+    "max_queued_requests", "tensor_parallel_size", "max_model_len", "max_num_seqs",
+    "max_num_batched_tokens", "dtype", "gpu_memory_utilization", "seed",
+)  # fmt: skip
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from raylight.cluster.app import build_app
+
+    app_args = {k: getattr(args, k) for k in _APP_ARGS if getattr(args, k) is not None}
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    started_ray = address is None
+    if started_ray:
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+    else:
+        ray.init(address=address)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(app_args), name="raylight", route_prefix="/")
+        url = f"http://{args.host}:{args.port}"
+        print(f"raylight is serving at {url}/v1 (Ctrl-C to stop)\n"
+              f"  curl {url}/v1/completions -H 'Content-Type: application/json' "
+              f"-d '{{\"model\": \"<name from {url}/v1/models>\", \"prompt\": \"Hello\", "
+              f"\"max_tokens\": 16}}'", flush=True)  # fmt: skip
+        stop.wait()
+    finally:
+        serve.delete("raylight", _blocking=True)
+        if started_ray:
+            serve.shutdown()
+            ray.shutdown()
+    return 0
