@@ -65,4 +65,11 @@ def build_app_from_config(config: AppConfig) -> Application:
         max_ongoing_requests=100_000,
         max_queued_requests=config.max_queued_requests,
     )
-    return ingress.bind(config, model_dir, resolved.scheduler.max_model_len, engines, router)
+    return ingress.bind(
+        config,
+        model_dir,
+        resolved.scheduler.max_model_len,
+        resolved.arch.vocab_size,
+        engines,
+        router,
+    )

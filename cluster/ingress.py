@@ -3,6 +3,7 @@ stream. It never blocks an engine: token ids in, text out, all on its own event 
 
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's wrapper.
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -15,7 +16,13 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raylight.cluster.app_config import AppConfig
-from raylight.cluster.errors import OpenAIError, invalid_api_key, model_not_found, not_found
+from raylight.cluster.errors import (
+    OpenAIError,
+    from_request_rejected,
+    invalid_api_key,
+    model_not_found,
+    not_found,
+)
 from raylight.cluster.generation import DeltaRouter, SampleEvent, generate_samples
 from raylight.cluster.params import detokenize_options_from, sampling_params_from
 from raylight.cluster.protocol_base import parse_request
@@ -27,6 +34,9 @@ from raylight.cluster.responses import (
     completion_chunks,
     completion_response,
 )
+from raylight.engine.engine_core import check_prompt
+from raylight.engine.errors import RequestRejectedError
+from raylight.engine.sampling_params import SamplingParams
 
 log = logging.getLogger("raylight.ingress")
 api = FastAPI(title="raylight", description="OpenAI-compatible LLM serving on Ray")
@@ -51,7 +61,7 @@ def _sse(events: AsyncIterator[str]) -> StreamingResponse:
             async for event in events:
                 yield event
         except OpenAIError as exc:  # after the 200 went out: report in-stream, as OpenAI does
-            yield f"data: {exc.body()}\n\n".replace("'", '"')
+            yield f"data: {json.dumps(exc.body())}\n\n"
         yield SSE_DONE
 
     return StreamingResponse(body(), media_type="text/event-stream")
@@ -70,13 +80,20 @@ class OpenAIIngress:
     """Made a deployment (replicas, queue limit) by `raylight.cluster.app`."""
 
     def __init__(
-        self, config: AppConfig, model_dir: str, max_model_len: int, engines: list, router: Any
+        self,
+        config: AppConfig,
+        model_dir: str,
+        max_model_len: int,
+        vocab_size: int,
+        engines: list,
+        router: Any,
     ) -> None:
         from raylight.engine.tokenizer import load_tokenizer
 
         self.config = config
         self.model_name = config.served_model_name
         self.max_model_len = max_model_len
+        self.vocab_size = vocab_size
         self.tokenizer = load_tokenizer(model_dir)
         self.engines = engines
         self.router = router
@@ -111,8 +128,19 @@ class OpenAIIngress:
             raise model_not_found(model)
         self._subscribe()
 
-    async def _samples(self, prompt_ids: list[int], req: Any) -> AsyncIterator[SampleEvent]:
+    def _params(self, prompt_ids: list[int], req: Any) -> SamplingParams:
+        """The engine's sampling parameters; refuses (400) what the engine would refuse, before
+        any response starts."""
         params = sampling_params_from(req, self.max_model_len)
+        try:
+            check_prompt(prompt_ids, params.max_tokens, self.max_model_len, self.vocab_size)
+        except RequestRejectedError as exc:
+            raise from_request_rejected(exc) from None
+        return params
+
+    async def _samples(
+        self, prompt_ids: list[int], req: Any, params: SamplingParams
+    ) -> AsyncIterator[SampleEvent]:
         index = await self.router.pick.remote(prompt_ids)
         async for event in generate_samples(
             ingress_id=self.ingress_id,
@@ -145,8 +173,8 @@ class OpenAIIngress:
         prompts = [
             p if isinstance(p, list) else self.tokenizer.encode(p) for p in req.prompts()
         ]
-        sampling_params_from(req, self.max_model_len)  # fail fast, before any stream starts
-        streams = [self._samples(p, req) for p in prompts]
+        params = [self._params(p, req) for p in prompts]  # all checked before any stream starts
+        streams = [self._samples(p, req, sp) for p, sp in zip(prompts, params)]
         start = time.monotonic()
         if req.stream:
             body = completion_chunks(req, prompts, streams, self.tokenizer, self.model_name)
@@ -168,8 +196,7 @@ class OpenAIIngress:
                 **(req.chat_template_kwargs or {}),
             )
         )
-        sampling_params_from(req, self.max_model_len)
-        stream = self._samples(prompt, req)
+        stream = self._samples(prompt, req, self._params(prompt, req))
         start = time.monotonic()
         if req.stream:
             return _sse(chat_chunks(req, prompt, stream, self.tokenizer, self.model_name))

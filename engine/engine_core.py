@@ -44,29 +44,12 @@ class EngineCore:
     ) -> Request:
         """Validates and resolves a request without touching engine state (any thread may call
         it); raises `RequestRejectedError` with a message a user can act on."""
-        max_len = self.config.scheduler.max_model_len
-        n_prompt = len(prompt_token_ids)
-        if n_prompt == 0:
-            raise RequestRejectedError("the prompt is empty", param="prompt")
-        vocab = self.config.arch.vocab_size
-        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
-            raise RequestRejectedError(
-                f"prompt token ids must be in [0, {vocab})", param="prompt"
-            )
-        if n_prompt >= max_len:
-            raise RequestRejectedError(
-                f"This model's maximum context length is {max_len} tokens. However, the prompt "
-                f"has {n_prompt} tokens, leaving no room for output.",
-                param="prompt",
-            )
-        max_tokens = params.max_tokens if params.max_tokens is not None else max_len - n_prompt
-        if n_prompt + max_tokens > max_len:
-            raise RequestRejectedError(
-                f"This model's maximum context length is {max_len} tokens. However, you "
-                f"requested {n_prompt + max_tokens} tokens ({n_prompt} in the prompt, "
-                f"{max_tokens} in the completion).",
-                param="max_tokens",
-            )
+        max_tokens = check_prompt(
+            prompt_token_ids,
+            params.max_tokens,
+            self.config.scheduler.max_model_len,
+            self.config.arch.vocab_size,
+        )
         if params.seed is not None:
             seed = (params.seed + sample_index) % 2**63
         else:
@@ -106,3 +89,32 @@ class EngineCore:
             if d.finish_reason is not None:
                 del self.requests[d.request_id]
         return deltas
+
+
+def check_prompt(
+    prompt_token_ids: list[int], max_tokens: int | None, max_model_len: int, vocab_size: int
+) -> int:
+    """Checks that the prompt fits the context with room for `max_tokens` (None: the rest of the
+    context); returns the resolved max_tokens. The ingress calls it too, so that a bad request
+    is refused before a stream starts."""
+    n_prompt = len(prompt_token_ids)
+    if n_prompt == 0:
+        raise RequestRejectedError("the prompt is empty", param="prompt")
+    if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab_size:
+        raise RequestRejectedError(f"prompt token ids must be in [0, {vocab_size})", "prompt")
+    if n_prompt >= max_model_len:
+        raise RequestRejectedError(
+            f"This model's maximum context length is {max_model_len} tokens. However, the "
+            f"prompt has {n_prompt} tokens, leaving no room for output.",
+            param="prompt",
+        )
+    if max_tokens is None:
+        return max_model_len - n_prompt
+    if n_prompt + max_tokens > max_model_len:
+        raise RequestRejectedError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {n_prompt + max_tokens} tokens ({n_prompt} in the prompt, "
+            f"{max_tokens} in the completion).",
+            param="max_tokens",
+        )
+    return max_tokens

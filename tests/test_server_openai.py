@@ -103,6 +103,10 @@ def test_errors_are_openai_json_and_server_keeps_serving(server: str) -> None:
          "temperature"),
         ("/v1/completions", {"model": MODEL, "prompt": [5] * 300, "max_tokens": 1}, 400,
          "prompt"),
+        ("/v1/completions", {"model": MODEL, "prompt": [5] * 300, "stream": True}, 400,
+         "prompt"),  # refused before the stream starts, not inside it
+        ("/v1/completions", {"model": MODEL, "prompt": [5] * 200, "max_tokens": 100}, 400,
+         "max_tokens"),
         ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
         ("/v1/completions", {"model": "other", "prompt": "x"}, 404, "model"),
     ]  # fmt: skip
