@@ -1,0 +1,30 @@
+"""The shipped Serve config is valid for `serve deploy` and its args build a valid app config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from raylight.cluster.app_config import app_config_from_args
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "serve.yaml"
+
+
+def test_serve_config_validates_against_ray_schema() -> None:
+    raw = yaml.safe_load(CONFIG.read_text())
+    schema = ServeDeploySchema.parse_obj(raw)
+    app = schema.applications[0]
+    assert app.import_path == "raylight.cluster.app:build_app"
+    config = app_config_from_args(app.args)
+    assert config.served_model_name == "raylight-tiny"
+    assert config.engine["max_model_len"] == 2048
+
+
+def test_app_args_are_typed_and_unknown_keys_refused() -> None:
+    config = app_config_from_args({"model": "/m", "max-model-len": "512", "api_key": "k"})
+    assert config.engine == {"max_model_len": 512} and config.api_key == "k"
+    with pytest.raises(ValueError, match="unknown application argument 'max_len'"):
+        app_config_from_args({"max_len": "5"})
