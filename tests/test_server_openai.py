@@ -132,3 +132,41 @@ def test_disconnect_mid_stream_frees_slots(server: str) -> None:
             next(lines)
             next(lines)  # two events in, then hang up
     assert kv_slots_used() == 0
+
+
+def test_32_concurrent_streams_equal_sequential(server: str, client: openai.OpenAI) -> None:
+    import asyncio
+
+    prompts = [[(7 * i + j) % 2000 + 3 for j in range(i % 9 + 2)] for i in range(32)]
+    extra = {"ignore_eos": True}
+    sequential = [
+        client.completions.create(model=MODEL, prompt=p, max_tokens=12, temperature=0,
+                                  extra_body=extra).choices[0].text  # fmt: skip
+        for p in prompts
+    ]
+
+    async def streamed() -> list[str]:
+        aclient = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+        async def one(p: list[int]) -> str:
+            stream = await aclient.completions.create(
+                model=MODEL, prompt=p, max_tokens=12, temperature=0, stream=True, extra_body=extra
+            )
+            return "".join([c.choices[0].text async for c in stream if c.choices])
+
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+    assert asyncio.run(streamed()) == sequential
+    assert kv_slots_used() == 0
+
+
+def test_multibyte_text_streams_like_non_streaming(client: openai.OpenAI) -> None:
+    non_ascii = 0
+    for prompt in ["春天来了，", "emoji 🌍🚀 and 日本語", "ünïcödé ☃"]:
+        args = {"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0.9,
+                "seed": 11, "extra_body": {"ignore_eos": True}}  # fmt: skip
+        whole = client.completions.create(**args).choices[0].text
+        parts = [c.choices[0].text for c in client.completions.create(stream=True, **args)]
+        assert "".join(parts) == whole
+        non_ascii += any(ord(ch) > 127 for ch in whole)
+    assert non_ascii > 0  # the test really streamed multi-byte characters
