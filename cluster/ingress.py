@@ -119,12 +119,15 @@ class OpenAIIngress:
                 log.exception("engine delta stream failed; resubscribing")
                 await asyncio.sleep(0.5)
 
-    def _check(self, request: Request, model: str | None = None) -> None:
+    def _authorize(self, request: Request) -> None:
+        """401 unless the bearer key matches (when one is set); checked before the body."""
         if self.config.api_key is not None:
             auth = request.headers.get("authorization", "")
             if auth != f"Bearer {self.config.api_key}":
                 raise invalid_api_key()
-        if model is not None and model != self.model_name:
+
+    def _check_model(self, model: str) -> None:
+        if model != self.model_name:
             raise model_not_found(model)
         self._subscribe()
 
@@ -162,14 +165,15 @@ class OpenAIIngress:
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
-        self._check(request)
+        self._authorize(request)
         card = ModelCard(id=self.model_name, max_model_len=self.max_model_len)
         return JSONResponse(ModelList(data=[card]).model_dump(mode="json"))
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
+        self._authorize(request)
         req = parse_request(CompletionRequest, await request.body())
-        self._check(request, req.model)
+        self._check_model(req.model)
         prompts = [
             p if isinstance(p, list) else self.tokenizer.encode(p) for p in req.prompts()
         ]
@@ -185,8 +189,9 @@ class OpenAIIngress:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
+        self._authorize(request)
         req = parse_request(ChatCompletionRequest, await request.body())
-        self._check(request, req.model)
+        self._check_model(req.model)
         prompt = list(
             self.tokenizer.apply_chat_template(
                 req.template_messages(),
