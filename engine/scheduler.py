@@ -181,6 +181,7 @@ class Scheduler:
         self._release(req)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
+        self.policy.on_finish(req)
 
     def _preempt(self, req: Request) -> None:
         """Frees everything `req` holds; it recomputes its K/V when admitted again."""
