@@ -1,0 +1,190 @@
+"""Decode attention (one new token per request) over the token-level KV pool, split-K.
+
+Layout: q [B, Hq, D] (last dim contiguous, other strides free); k_cache, v_cache
+[num_slots, Hk, D] (last dim contiguous), Hq = G * Hk; req_to_token [rows, max_model_len]
+int32 with a contiguous last dim; req_rows [B] and seq_lens_kv [B] int64 (or int32).
+Request b attends to positions [0, seq_lens_kv[b]) of row req_rows[b], whose slots are
+already written (its own new token included). A row with seq_lens_kv 0 (a padded CUDA-graph
+lane) gets zeros; the slots it would read are never touched.
+
+Stage 1, grid (B, Hk, S): program (b, g, s) loads the query heads of KV group g as the M dim
+of tl.dot (padded to 16), walks split s of request b's positions in BLOCK_N tiles of gathered
+slots, and writes an fp32 partial (acc / l, m + log l) per head. Splits are sized per request
+(ceil(seq_len / S), rounded up to BLOCK_N), so short requests leave later splits empty
+(lse = -inf). Stage 2, grid (B, Hq), merges the S partials with their log-sum-exp weights.
+S is a Python int fixed by (batch, max_kv_len): no host sync, safe in CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from raylight.kernels._common import interpreting
+from raylight.kernels.attention_checks import check_attention_args, num_sms
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_stage1(
+    q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, lens_ptr, mid_o_ptr, mid_lse_ptr,
+    stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t,
+    qk_scale, group, head_dim, num_splits,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(lens_ptr + b).to(tl.int32)
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    heads = kv_head * group + g  # [BLOCK_G] query heads of this KV group
+    head_ok = g < group
+    q = tl.load(
+        q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+        mask=head_ok[:, None] & (d[None, :] < head_dim), other=0.0,
+    )  # fmt: skip
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    row = tl.load(rows_ptr + b).to(tl.int64)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    n = tl.arange(0, BLOCK_N)
+    for pos0 in range(start, end, BLOCK_N):
+        pos = pos0 + n
+        pos_ok = pos < end
+        slot = tl.load(r2t_ptr + row * stride_r2t + pos, mask=pos_ok, other=0).to(tl.int64)
+        kv_mask = pos_ok[:, None] & (d[None, :] < head_dim)
+        k = tl.load(k_ptr + slot[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
+                    mask=kv_mask, other=0.0)  # fmt: skip
+        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
+                    mask=kv_mask, other=0.0)  # fmt: skip
+        if DOT_FP32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
+        # scale * log2(e) is folded into qk_scale, so the softmax uses exp2.
+        s = tl.where(pos_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    # An empty split keeps m = -inf and l = 0: its lse is -inf and stage 2 gives it weight 0.
+    lse = tl.where(l_i > 0, m_i + tl.log2(tl.maximum(l_i, 1e-30)), float("-inf"))
+    out = acc / tl.maximum(l_i, 1e-30)[:, None]
+    mid = (b * group * tl.num_programs(1) + heads) * num_splits + split  # [BLOCK_G]
+    tl.store(mid_lse_ptr + mid, lse, mask=head_ok)
+    tl.store(mid_o_ptr + mid[:, None] * BLOCK_D + d[None, :], out, mask=head_ok[:, None])
+
+
+@triton.jit
+def _decode_stage2(
+    mid_o_ptr, mid_lse_ptr, out_ptr, stride_ob, stride_oh, num_heads, head_dim, num_splits,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    base = (b * num_heads + h) * num_splits
+    lse = tl.load(mid_lse_ptr + base + s, mask=s < num_splits, other=float("-inf"))
+    m = tl.max(lse, axis=0)
+    m = tl.where(m == float("-inf"), 0.0, m)  # every split empty: all weights become 0
+    w = tl.exp2(lse - m)  # [BLOCK_S]
+    parts = tl.load(mid_o_ptr + (base + s[:, None]) * BLOCK_D + d[None, :],
+                    mask=s[:, None] < num_splits, other=0.0)  # fmt: skip
+    out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty),
+             mask=d < head_dim)  # fmt: skip
+
+
+def choose_num_splits(batch: int, kv_heads: int, max_kv_len: int, sm_count: int) -> int:
+    """Splits per request: enough programs to fill the GPU about 4 times, each split holding
+    at least 256 positions; at most 64. A pure function of Python ints (CUDA-graph safe)."""
+    by_occupancy = triton.cdiv(4 * sm_count, max(1, batch * kv_heads))
+    by_length = max(1, max_kv_len // 256)
+    return max(1, min(64, by_occupancy, by_length))
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens_kv: torch.Tensor,
+    max_kv_len: int,
+    scale: float,
+    out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """q: [B, Hq, D] -> out [B, Hq, D]: each request's one query over its seq_lens_kv slots.
+
+    max_kv_len (an upper bound of seq_lens_kv, e.g. the CUDA-graph bucket's) only picks the
+    split count; num_splits overrides it.
+    """
+    out = check_attention_args(q, k_cache, v_cache, req_to_token, req_rows, seq_lens_kv, out)
+    batch, num_heads, head_dim = q.shape
+    kv_heads = k_cache.shape[1]
+    if num_splits is None:
+        num_splits = choose_num_splits(batch, kv_heads, max_kv_len, num_sms(q.device))
+    if num_splits < 1:
+        raise ValueError(f"num_splits: must be >= 1, got {num_splits}")
+    if batch == 0:
+        return out
+    interp = interpreting(q)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_g = max(16, triton.next_power_of_2(num_heads // kv_heads))
+    mid_o = torch.empty((batch, num_heads, num_splits, block_d), dtype=torch.float32,
+                        device=q.device)  # fmt: skip
+    mid_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
+    _decode_stage1[(batch, kv_heads, num_splits)](
+        q, k_cache, v_cache, req_to_token, req_rows, seq_lens_kv, mid_o, mid_lse,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(1), req_to_token.stride(0),
+        scale * LOG2E, num_heads // kv_heads, head_dim, num_splits,
+        BLOCK_G=block_g, BLOCK_N=64, BLOCK_D=block_d,
+        DOT_FP32=interp, PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    _decode_stage2[(batch, num_heads)](
+        mid_o, mid_lse, out, out.stride(0), out.stride(1), num_heads, head_dim, num_splits,
+        BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens_kv: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Plain torch, request by request, fp32 math: q [B, Hq, D] -> [B, Hq, D] in q's dtype."""
+    out = torch.zeros_like(q)
+    group = q.shape[1] // k_cache.shape[1]
+    for b in range(q.shape[0]):
+        n = int(seq_lens_kv[b])
+        if n == 0:
+            continue
+        slots = req_to_token[int(req_rows[b]), :n].long()
+        k = k_cache[slots].float().repeat_interleave(group, dim=1)  # [n, Hq, D]
+        v = v_cache[slots].float().repeat_interleave(group, dim=1)
+        p = torch.einsum("hd,nhd->hn", q[b].float() * scale, k).softmax(dim=-1)
+        out[b] = torch.einsum("hn,nhd->hd", p, v).to(q.dtype)
+    return out
