@@ -54,7 +54,7 @@ def build_app_from_config(config: AppConfig) -> Application:
             # Ingress subscriptions are endless streams: don't wait for them to drain.
             graceful_shutdown_wait_loop_s=0.5,
             graceful_shutdown_timeout_s=2,
-        ).bind(model_dir, config.engine, i, router)
+        ).bind(model_dir, config.engine, i, router, config.max_queued_requests)
         for i in range(config.num_engine_replicas)
     ]
     ingress = serve.deployment(
@@ -62,8 +62,9 @@ def build_app_from_config(config: AppConfig) -> Application:
         name="openai",
         num_replicas=config.num_ingress_replicas,
         ray_actor_options={"num_cpus": 0},
+        # The queue limit is enforced by each engine replica (`max_queued_requests`), which
+        # answers with an OpenAI error; Serve's own limit would answer in plain text.
         max_ongoing_requests=100_000,
-        max_queued_requests=config.max_queued_requests,
     )
     return ingress.bind(
         config,

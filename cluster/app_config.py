@@ -14,7 +14,8 @@ class AppConfig:
     num_engine_replicas: int = 1
     num_ingress_replicas: int = 1
     api_key: str | None = None
-    max_queued_requests: int = 1024
+    max_queued_requests: int = 1024  # per engine replica; -1: no limit
+    max_request_body_bytes: int = 32 * 2**20
     # Engine options (see raylight.engine.config.EngineOptions), passed through unchanged.
     engine: dict[str, Any] = field(default_factory=dict)
 
@@ -41,6 +42,7 @@ _APP_KEYS = {
     "num_ingress_replicas": int,
     "api_key": str,
     "max_queued_requests": int,
+    "max_request_body_bytes": int,
 }
 
 

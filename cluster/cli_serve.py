@@ -23,7 +23,10 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None)
     p.add_argument("--num-engine-replicas", type=int, default=1)
     p.add_argument("--num-ingress-replicas", type=int, default=1)
-    p.add_argument("--max-queued-requests", type=int, default=1024)
+    p.add_argument("--max-queued-requests", type=int, default=1024,
+                   help="per engine replica; more waiting requests get a 503 (-1: no limit)")
+    p.add_argument("--max-request-body-bytes", type=int, default=None,
+                   help="larger request bodies get a 413 (default 32 MiB)")
     p.add_argument("--tensor-parallel-size", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=None)
@@ -36,8 +39,8 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
 
 _APP_ARGS = (
     "model", "served_model_name", "api_key", "num_engine_replicas", "num_ingress_replicas",
-    "max_queued_requests", "tensor_parallel_size", "max_model_len", "max_num_seqs",
-    "max_num_batched_tokens", "dtype", "gpu_memory_utilization", "seed",
+    "max_queued_requests", "max_request_body_bytes", "tensor_parallel_size", "max_model_len",
+    "max_num_seqs", "max_num_batched_tokens", "dtype", "gpu_memory_utilization", "seed",
 )  # fmt: skip
 
 

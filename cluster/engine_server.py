@@ -42,11 +42,17 @@ class EngineServer:
     """Wrapped as a Ray Serve deployment (one replica each) by `raylight.cluster.app`."""
 
     def __init__(
-        self, model: str, options: dict[str, Any], engine_index: int, router: Any = None
+        self,
+        model: str,
+        options: dict[str, Any],
+        engine_index: int,
+        router: Any = None,
+        max_queued_requests: int = -1,
     ) -> None:
         core = create_engine_core(model, engine_options(options), progress=False)
         self.engine = AsyncEngine(core)
         self.engine_index = engine_index
+        self.max_queued_requests = max_queued_requests  # negative: no limit
         self.router = router
         self._outboxes: dict[str, _Outbox] = {}
         self._report_task: asyncio.Task | None = None
@@ -66,12 +72,24 @@ class EngineServer:
     ) -> Rejection | None:
         """Starts a request; its deltas go to `ingress_id`'s stream. Returns why it was refused,
         if it was."""
+        if 0 <= self.max_queued_requests <= self.num_queued():
+            return Rejection(
+                f"engine replica {self.engine_index} has {self.num_queued()} requests queued "
+                f"(max_queued_requests={self.max_queued_requests}); retry later",
+                None,
+                overloaded=True,
+            )
         try:
             req = self.engine.core.make_request(request_id, prompt_token_ids, params, sample_index)
             self.engine.submit(req, self._outbox(ingress_id).put)
         except RequestRejectedError as exc:
             return Rejection(str(exc), exc.param)
         return None
+
+    def num_queued(self) -> int:
+        """Requests accepted but not yet running (waiting, preempted, or not yet seen by the
+        engine thread); read without locking, so off by a step at most."""
+        return self.engine.num_unfinished - len(self.engine.core.scheduler.running)
 
     async def abort(self, request_ids: list[str]) -> None:
         for rid in request_ids:
@@ -93,7 +111,7 @@ class EngineServer:
         return LoadReport(
             engine_index=self.engine_index,
             num_running=len(sched.running),
-            num_waiting=len(sched.waiting),
+            num_waiting=self.num_queued(),
             kv_slots_used=sched.allocator.num_used,
             kv_slots_total=sched.allocator.capacity,
         )

@@ -200,3 +200,13 @@ def _split_param(param: object) -> tuple[int | str, ...]:
 def _short_repr(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def payload_too_large(limit_bytes: int) -> OpenAIError:
+    return OpenAIError(
+        413,
+        f"The request body is larger than this server accepts ({limit_bytes} bytes).",
+        INVALID_REQUEST,
+        None,
+        "payload_too_large",
+    )

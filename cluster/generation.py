@@ -8,12 +8,13 @@ KV slots are freed within one engine step.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from raylight.cluster.detokenizer import DetokenizeParams, IncrementalDetokenizer
-from raylight.cluster.errors import bad_request
+from raylight.cluster.errors import bad_request, overloaded
+from raylight.cluster.messages import Rejection
 from raylight.cluster.params import TextOptions
 from raylight.engine.batch import RequestDelta, TokenLogprobs
 from raylight.engine.sampling_params import SamplingParams
@@ -31,6 +32,9 @@ class SampleEvent:
     num_output_tokens: int  # tokens of this sample that count as output so far
 
 
+_STARTED = object()  # the first item of `_sample_events`: every sample has been added
+
+
 class DeltaRouter:
     """Per ingress replica: request id -> the queue of the generation waiting for it."""
 
@@ -44,7 +48,7 @@ class DeltaRouter:
                 q.put_nowait(d)
 
 
-async def generate_samples(
+async def start_samples(
     *,
     ingress_id: str,
     request_id: str,
@@ -54,12 +58,34 @@ async def generate_samples(
     tokenizer: Any,
     engine: Any,  # a DeploymentHandle to the chosen engine replica
     deltas: DeltaRouter,
-) -> AsyncIterator[SampleEvent]:
+) -> AsyncGenerator[SampleEvent, None]:
+    """Adds the prompt's samples to `engine` now, so a refusal (400, or 503 when the replica's
+    queue is full) is raised here, before any response starts; returns their event stream.
+    Closing that stream early aborts the samples still running (an abandoned stream is closed
+    by the event loop's async-generator finalizer when it is garbage-collected)."""
+    stream = _sample_events(
+        ingress_id, request_id, prompt_token_ids, params, text_options, tokenizer, engine, deltas
+    )
+    first = await stream.__anext__()  # runs up to the point where every sample was added
+    assert first is _STARTED
+    return cast("AsyncGenerator[SampleEvent, None]", stream)
+
+
+async def _sample_events(
+    ingress_id: str,
+    request_id: str,
+    prompt_token_ids: list[int],
+    params: SamplingParams,
+    text_options: TextOptions,
+    tokenizer: Any,
+    engine: Any,
+    deltas: DeltaRouter,
+) -> AsyncGenerator[SampleEvent | object, None]:
     sample_ids = [f"{request_id}-{j}" for j in range(params.n)]
     queue: asyncio.Queue[RequestDelta] = asyncio.Queue()
     for rid in sample_ids:
         deltas.queues[rid] = queue
-    running = set(sample_ids)
+    running: set[str] = set()
     detok_params = DetokenizeParams(
         skip_special_tokens=text_options.skip_special_tokens,
         stop=text_options.stop,
@@ -68,10 +94,12 @@ async def generate_samples(
     detoks = [IncrementalDetokenizer(tokenizer, prompt_token_ids, detok_params) for _ in sample_ids]
     try:
         for j, rid in enumerate(sample_ids):
+            running.add(rid)  # before the call: a cancelled `add` may still have landed
             rejection = await engine.add.remote(ingress_id, rid, prompt_token_ids, params, j)
             if rejection is not None:
                 running.discard(rid)
-                raise bad_request(rejection.message, rejection.param)
+                raise _rejection_error(rejection)
+        yield _STARTED
         while running:
             d = await queue.get()
             j = int(d.request_id.rsplit("-", 1)[1])
@@ -88,6 +116,12 @@ async def generate_samples(
             deltas.queues.pop(rid, None)
         if running:
             await engine.abort.remote(sorted(running))
+
+
+def _rejection_error(rejection: Rejection) -> Exception:
+    if rejection.overloaded:
+        return overloaded(rejection.message)
+    return bad_request(rejection.message, rejection.param)
 
 
 def _event(index: int, d: RequestDelta, detok: IncrementalDetokenizer) -> SampleEvent:

@@ -3,17 +3,14 @@ stream. It never blocks an engine: token ids in, text out, all on its own event 
 
 # No `from __future__ import annotations`: FastAPI must see real types through Serve's wrapper.
 import asyncio
-import json
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raylight.cluster.app_config import AppConfig
 from raylight.cluster.errors import (
@@ -21,13 +18,28 @@ from raylight.cluster.errors import (
     from_request_rejected,
     invalid_api_key,
     model_not_found,
-    not_found,
 )
-from raylight.cluster.generation import DeltaRouter, SampleEvent, generate_samples
+from raylight.cluster.generation import DeltaRouter, SampleEvent, start_samples
+from raylight.cluster.http_edge import (
+    STATUS_CLIENT_CLOSED,
+    install_error_handlers,
+    read_body,
+    sse_response,
+)
+from raylight.cluster.metrics import CONTENT_TYPE, ServingMetrics
+from raylight.cluster.openapi_bodies import document_request_bodies
 from raylight.cluster.params import detokenize_options_from, sampling_params_from
+from raylight.cluster.prompts import chat_prompt_ids, detokenize, tokenize
 from raylight.cluster.protocol_base import parse_request
 from raylight.cluster.protocol_requests import ChatCompletionRequest, CompletionRequest
-from raylight.cluster.protocol_responses import SSE_DONE, ModelCard, ModelList
+from raylight.cluster.protocol_responses import (
+    ModelCard,
+    ModelList,
+    chat_completion_id,
+    completion_id,
+)
+from raylight.cluster.protocol_tokenize import DetokenizeRequest, parse_tokenize_request
+from raylight.cluster.request_trace import RequestTrace
 from raylight.cluster.responses import (
     chat_chunks,
     chat_response,
@@ -40,44 +52,15 @@ from raylight.engine.sampling_params import SamplingParams
 
 log = logging.getLogger("raylight.ingress")
 api = FastAPI(title="raylight", description="OpenAI-compatible LLM serving on Ray")
+install_error_handlers(api)
+document_request_bodies(api)
 
-
-@api.exception_handler(OpenAIError)
-async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    err = not_found(f"{exc.detail}") if exc.status_code == 404 else OpenAIError(
-        exc.status_code, str(exc.detail), "invalid_request_error"
-    )
-    return JSONResponse(err.body(), status_code=err.status)
-
-
-def _sse(events: AsyncIterator[str]) -> StreamingResponse:
-    async def body() -> AsyncIterator[str]:
-        try:
-            async for event in events:
-                yield event
-        except OpenAIError as exc:  # after the 200 went out: report in-stream, as OpenAI does
-            yield f"data: {json.dumps(exc.body())}\n\n"
-        yield SSE_DONE
-
-    return StreamingResponse(body(), media_type="text/event-stream")
-
-
-def _log_done(out: Any, start: float) -> None:
-    usage = out.usage
-    log.info(
-        "request %s done: prompt_tokens=%d completion_tokens=%d total_s=%.3f",
-        out.id, usage.prompt_tokens, usage.completion_tokens, time.monotonic() - start,
-    )  # fmt: skip
+Handler = Callable[[bytes, RequestTrace], Awaitable[Response]]
 
 
 @serve.ingress(api)
 class OpenAIIngress:
-    """Made a deployment (replicas, queue limit) by `raylight.cluster.app`."""
+    """Made a deployment (replicas) by `raylight.cluster.app`."""
 
     def __init__(
         self,
@@ -99,6 +82,7 @@ class OpenAIIngress:
         self.router = router
         self.ingress_id = uuid.uuid4().hex
         self.deltas = DeltaRouter()
+        self.metrics = ServingMetrics(self.model_name)
         self._subscriptions: list[asyncio.Task] = []
 
     # ---- plumbing -------------------------------------------------------------------------
@@ -126,6 +110,10 @@ class OpenAIIngress:
             if auth != f"Bearer {self.config.api_key}":
                 raise invalid_api_key()
 
+    async def _body(self, request: Request) -> bytes:
+        self._authorize(request)
+        return await read_body(request, self.config.max_request_body_bytes)
+
     def _check_model(self, model: str) -> None:
         if model != self.model_name:
             raise model_not_found(model)
@@ -141,21 +129,52 @@ class OpenAIIngress:
             raise from_request_rejected(exc) from None
         return params
 
-    async def _samples(
-        self, prompt_ids: list[int], req: Any, params: SamplingParams
-    ) -> AsyncIterator[SampleEvent]:
-        index = await self.router.pick.remote(prompt_ids)
-        async for event in generate_samples(
-            ingress_id=self.ingress_id,
-            request_id=uuid.uuid4().hex,
-            prompt_token_ids=prompt_ids,
-            params=params,
-            text_options=detokenize_options_from(req),
-            tokenizer=self.tokenizer,
-            engine=self.engines[index],
-            deltas=self.deltas,
-        ):
-            yield event
+    async def _start(
+        self, prompts: list[list[int]], req: Any, params: list[SamplingParams]
+    ) -> list[AsyncGenerator[SampleEvent, None]]:
+        """Routes each prompt and adds its samples now (so refusals come before the response);
+        if one is refused, the ones already started are aborted."""
+        started: list[AsyncGenerator[SampleEvent, None]] = []
+        try:
+            for prompt_ids, sp in zip(prompts, params):
+                index = await self.router.pick.remote(prompt_ids)
+                started.append(await start_samples(
+                    ingress_id=self.ingress_id,
+                    request_id=uuid.uuid4().hex,
+                    prompt_token_ids=prompt_ids,
+                    params=sp,
+                    text_options=detokenize_options_from(req),
+                    tokenizer=self.tokenizer,
+                    engine=self.engines[index],
+                    deltas=self.deltas,
+                ))  # fmt: skip
+        except BaseException:
+            for stream in started:
+                await stream.aclose()
+            raise
+        return started
+
+    async def _generation(
+        self, request: Request, trace: RequestTrace, handler: Handler
+    ) -> Response:
+        """Runs `handler` and records how the request ended (a stream records itself)."""
+        try:
+            response = await handler(await self._body(request), trace)
+        except OpenAIError as exc:
+            self._finish(trace, exc.status)
+            raise
+        except asyncio.CancelledError:
+            self._finish(trace, STATUS_CLIENT_CLOSED)
+            raise
+        except Exception:
+            self._finish(trace, 500)
+            raise
+        if not isinstance(response, StreamingResponse):
+            self._finish(trace, response.status_code)
+        return response
+
+    def _finish(self, trace: RequestTrace, status: int) -> None:
+        trace.finish(str(status), self.metrics, log)
 
     # ---- endpoints ------------------------------------------------------------------------
 
@@ -163,48 +182,74 @@ class OpenAIIngress:
     async def health(self) -> Response:
         return Response(status_code=200)
 
+    @api.get("/metrics")
+    async def metrics_text(self) -> Response:
+        self._subscribe()  # engines report load once an ingress has subscribed
+        loads = await asyncio.gather(*(engine.load.remote() for engine in self.engines))
+        return Response(self.metrics.render(loads), media_type=CONTENT_TYPE)
+
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         self._authorize(request)
         card = ModelCard(id=self.model_name, max_model_len=self.max_model_len)
         return JSONResponse(ModelList(data=[card]).model_dump(mode="json"))
 
+    @api.post("/tokenize")
+    async def tokenize(self, request: Request) -> JSONResponse:
+        req = parse_tokenize_request(await self._body(request))
+        if req.model is not None and req.model != self.model_name:
+            raise model_not_found(req.model)
+        out = tokenize(self.tokenizer, req, self.max_model_len)
+        return JSONResponse(out.model_dump(mode="json", exclude_none=True))
+
+    @api.post("/detokenize")
+    async def detokenize(self, request: Request) -> JSONResponse:
+        req = parse_request(DetokenizeRequest, await self._body(request))
+        if req.model is not None and req.model != self.model_name:
+            raise model_not_found(req.model)
+        out = detokenize(self.tokenizer, req, self.vocab_size)
+        return JSONResponse(out.model_dump(mode="json"))
+
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        self._authorize(request)
-        req = parse_request(CompletionRequest, await request.body())
+        trace = RequestTrace(completion_id(), "completions")
+        return await self._generation(request, trace, self._completions)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        trace = RequestTrace(chat_completion_id(), "chat_completions")
+        return await self._generation(request, trace, self._chat_completions)
+
+    async def _completions(self, body: bytes, trace: RequestTrace) -> Response:
+        req = parse_request(CompletionRequest, body)
         self._check_model(req.model)
         prompts = [
             p if isinstance(p, list) else self.tokenizer.encode(p) for p in req.prompts()
         ]
         params = [self._params(p, req) for p in prompts]  # all checked before any stream starts
-        streams = [self._samples(p, req, sp) for p, sp in zip(prompts, params)]
-        start = time.monotonic()
+        trace.prompt_tokens = sum(len(p) for p in prompts)
+        started = await self._start(prompts, req, params)
+        streams = [trace.observe(i, s) for i, s in enumerate(started)]
+        args = (req, prompts, streams, self.tokenizer, self.model_name, trace.request_id)
         if req.stream:
-            body = completion_chunks(req, prompts, streams, self.tokenizer, self.model_name)
-            return _sse(body)
-        out = await completion_response(req, prompts, streams, self.tokenizer, self.model_name)
-        _log_done(out, start)
+            return sse_response(completion_chunks(*args), lambda s: self._finish(trace, s))
+        out = await completion_response(*args)
         return JSONResponse(out.model_dump(mode="json"))
 
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> Response:
-        self._authorize(request)
-        req = parse_request(ChatCompletionRequest, await request.body())
+    async def _chat_completions(self, body: bytes, trace: RequestTrace) -> Response:
+        req = parse_request(ChatCompletionRequest, body)
         self._check_model(req.model)
-        prompt = list(
-            self.tokenizer.apply_chat_template(
-                req.template_messages(),
-                add_generation_prompt=req.add_generation_prompt,
-                tokenize=True,
-                return_dict=False,
-                **(req.chat_template_kwargs or {}),
-            )
+        prompt = chat_prompt_ids(
+            self.tokenizer,
+            req.template_messages(),
+            add_generation_prompt=req.add_generation_prompt,
+            template_kwargs=req.chat_template_kwargs,
         )
-        stream = self._samples(prompt, req, self._params(prompt, req))
-        start = time.monotonic()
+        trace.prompt_tokens = len(prompt)
+        (started,) = await self._start([prompt], req, [self._params(prompt, req)])
+        stream = trace.observe(0, started)
+        args = (req, prompt, stream, self.tokenizer, self.model_name, trace.request_id)
         if req.stream:
-            return _sse(chat_chunks(req, prompt, stream, self.tokenizer, self.model_name))
-        out = await chat_response(req, prompt, stream, self.tokenizer, self.model_name)
-        _log_done(out, start)
+            return sse_response(chat_chunks(*args), lambda s: self._finish(trace, s))
+        out = await chat_response(*args)
         return JSONResponse(out.model_dump(mode="json"))

@@ -18,7 +18,10 @@ class LoadReport:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """The engine refused a request: a message a user can act on, and the field at fault."""
+    """The engine refused a request: a message a user can act on, and the field at fault.
+    `overloaded`: refused because the replica's queue is full (retry later), not because the
+    request is invalid."""
 
     message: str
     param: str | None
+    overloaded: bool = False

@@ -24,8 +24,6 @@ from raylight.cluster.protocol_responses import (
     TokenLogprob,
     TopLogprob,
     UsageInfo,
-    chat_completion_id,
-    completion_id,
     sse_event,
 )
 
@@ -99,7 +97,7 @@ def _chat_logprobs(ev: SampleEvent, tokenizer: Any) -> ChatLogprobs:
 
 async def completion_response(
     req: CompletionRequest, prompts: list[list[int]], streams: list[Samples], tokenizer: Any,
-    model: str,
+    model: str, response_id: str,
 ) -> Completion:  # fmt: skip
     n = req.n
     texts = [""] * (len(prompts) * n)
@@ -121,14 +119,14 @@ async def completion_response(
         for i, t in enumerate(texts)
     ]
     usage = UsageInfo.of(sum(len(p) for p in prompts), sum(used))
-    return Completion(model=model, choices=choices, usage=usage)
+    return Completion(id=response_id, model=model, choices=choices, usage=usage)
 
 
 async def completion_chunks(
     req: CompletionRequest, prompts: list[list[int]], streams: list[Samples], tokenizer: Any,
-    model: str,
+    model: str, response_id: str,
 ) -> AsyncIterator[str]:  # fmt: skip
-    cid, created, n = completion_id(), int(time.time()), req.n
+    cid, created, n = response_id, int(time.time()), req.n
     usage_field: dict[str, Any] = {"usage": None} if req.include_usage() else {}
     used = [0] * (len(prompts) * n)
     if req.echo:
@@ -154,8 +152,9 @@ async def completion_chunks(
 
 
 async def chat_response(
-    req: ChatCompletionRequest, prompt: list[int], stream: Samples, tokenizer: Any, model: str
-) -> ChatCompletion:
+    req: ChatCompletionRequest, prompt: list[int], stream: Samples, tokenizer: Any, model: str,
+    response_id: str,
+) -> ChatCompletion:  # fmt: skip
     n = req.n
     texts, finish, used = [""] * n, [None] * n, [0] * n
     content: list[list[TokenLogprob]] = [[] for _ in range(n)]
@@ -174,13 +173,15 @@ async def chat_response(
         )
         for i in range(n)
     ]
-    return ChatCompletion(model=model, choices=choices, usage=UsageInfo.of(len(prompt), sum(used)))
+    usage = UsageInfo.of(len(prompt), sum(used))
+    return ChatCompletion(id=response_id, model=model, choices=choices, usage=usage)
 
 
 async def chat_chunks(
-    req: ChatCompletionRequest, prompt: list[int], stream: Samples, tokenizer: Any, model: str
-) -> AsyncIterator[str]:
-    cid, created, n = chat_completion_id(), int(time.time()), req.n
+    req: ChatCompletionRequest, prompt: list[int], stream: Samples, tokenizer: Any, model: str,
+    response_id: str,
+) -> AsyncIterator[str]:  # fmt: skip
+    cid, created, n = response_id, int(time.time()), req.n
     usage_field: dict[str, Any] = {"usage": None} if req.include_usage() else {}
 
     def chunk(choice: ChatChunkChoice) -> str:

@@ -95,6 +95,11 @@ class AsyncEngine:
             self._streams[req.request_id] = (asyncio.get_running_loop(), sink)
         self._inbox.put(_Add(req))
 
+    @property
+    def num_unfinished(self) -> int:
+        """Requests submitted and not yet finished or aborted (queued ones included)."""
+        return len(self._streams)
+
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
 

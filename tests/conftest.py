@@ -7,6 +7,8 @@ import os
 # Triton kernels run in the interpreter on this CPU-only machine; must be set before import.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -23,3 +25,44 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         arch: make_model(arch, "tiny", root / arch, seed=0, dtype="float32", progress=False)
         for arch in ARCHS
     }
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """Two apps in one Ray Serve instance on 127.0.0.1: `url` serves the tiny llama openly;
+    `guarded_url` serves it with an API key, one running sequence and a one-request queue."""
+
+    url: str
+    guarded_url: str
+    model: str
+    api_key: str
+    max_body_bytes: int
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_models: dict[str, Path]) -> Iterator[LiveServer]:
+    import socket
+
+    import ray
+    from ray import serve
+
+    from raylight.cluster.app import build_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model_dir = str(tiny_models["llama"])
+    server = LiveServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/guarded", "tiny",
+                        "sk-test-key", 100_000)  # fmt: skip
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    common = {"model": model_dir, "served_model_name": server.model, "dtype": "float32",
+              "max_model_len": 256}  # fmt: skip
+    serve.run(build_app({**common, "max_request_body_bytes": server.max_body_bytes}),
+              name="raylight", route_prefix="/")  # fmt: skip
+    guarded = {**common, "api_key": server.api_key, "max_num_seqs": 1, "max_queued_requests": 1,
+               "max_model_len": 2048}  # fmt: skip
+    serve.run(build_app(guarded), name="guarded", route_prefix="/guarded")
+    yield server
+    serve.shutdown()
+    ray.shutdown()

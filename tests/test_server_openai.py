@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
+
+from .conftest import LiveServer
 
 pytestmark = pytest.mark.slow
 MODEL = "tiny"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models: dict[str, Path]) -> Iterator[str]:
-    import ray
-    from ray import serve
-
-    from raylight.cluster.app import build_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({"model": str(tiny_models["llama"]), "served_model_name": MODEL,
-                     "dtype": "float32", "max_model_len": 256})  # fmt: skip
-    serve.run(app, name="raylight", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+def server(live_server: LiveServer) -> str:
+    return live_server.url
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +24,11 @@ def client(server: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
 
 
-def kv_slots_used() -> int:
+def kv_slots_used(app: str = "raylight") -> int:
+    """KV slots in use once the engine settles (finished requests free theirs within a step)."""
     from ray import serve
 
-    engine = serve.get_deployment_handle("engine-0", "raylight")
+    engine = serve.get_deployment_handle("engine-0", app)
     for _ in range(50):
         used = engine.load.remote().result().kv_slots_used
         if used == 0:
