@@ -13,6 +13,9 @@ slots, and writes an fp32 partial (acc / l, m + log l) per head. Splits are size
 (ceil(seq_len / S), rounded up to BLOCK_N), so short requests leave later splits empty
 (lse = -inf). Stage 2, grid (B, Hq), merges the S partials with their log-sum-exp weights.
 S is a Python int fixed by (batch, max_kv_len): no host sync, safe in CUDA graphs.
+K/V tiles are prefetched with cp.async (tl.range num_stages=3); when head_dim is a power of
+two the loads carry no head_dim mask, which would stop that pipelining (checked for sm_90 by
+tests/test_kernels_sm90_compile.py).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ def _decode_stage1(
     q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, lens_ptr, mid_o_ptr, mid_lse_ptr,
     stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t,
     qk_scale, group, head_dim, num_splits,
-    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -59,11 +62,15 @@ def _decode_stage1(
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     n = tl.arange(0, BLOCK_N)
-    for pos0 in range(start, end, BLOCK_N):
+    for pos0 in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
         pos = pos0 + n
         pos_ok = pos < end
         slot = tl.load(r2t_ptr + row * stride_r2t + pos, mask=pos_ok, other=0).to(tl.int64)
-        kv_mask = pos_ok[:, None] & (d[None, :] < head_dim)
+        # A runtime head_dim mask along the contiguous dim would stop cp.async pipelining.
+        if EVEN_D:
+            kv_mask = pos_ok[:, None]
+        else:
+            kv_mask = pos_ok[:, None] & (d[None, :] < head_dim)
         k = tl.load(k_ptr + slot[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
                     mask=kv_mask, other=0.0)  # fmt: skip
         v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
@@ -155,9 +162,9 @@ def decode_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), req_to_token.stride(0),
         scale * LOG2E, num_heads // kv_heads, head_dim, num_splits,
-        BLOCK_G=block_g, BLOCK_N=64, BLOCK_D=block_d,
+        BLOCK_G=block_g, BLOCK_N=64, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
         DOT_FP32=interp, PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=2,
+        NUM_STAGES=3, num_warps=4,
     )  # fmt: skip
     _decode_stage2[(batch, num_heads)](
         mid_o, mid_lse, out, out.stride(0), out.stride(1), num_heads, head_dim, num_splits,

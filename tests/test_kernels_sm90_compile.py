@@ -1,0 +1,99 @@
+"""Compiles the kernels for an H100/H200 (sm_90) without a GPU, with the launchers' GPU
+configurations: catches code that only the compiler (not the interpreter) rejects, register
+spills, and lost pipelining (attention K/V tiles must be loaded with cp.async; prefill must
+use wgmma). Runs in a subprocess because the interpreter replaces @triton.jit in this one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BF16 = "*bf16"
+IDX = {"r2t_ptr": "*i32", "rows_ptr": "*i64", "cu_ptr": "*i64", "lens_ptr": "*i64"}
+
+
+def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: int) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = fn.arg_names
+    sig, attrs = {}, {}
+    for i, name in enumerate(names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+            continue
+        is_ptr = name.endswith("_ptr")
+        sig[name] = pointers.get(name, BF16) if is_ptr else "i32"
+        if name in ("qk_scale", "eps"):
+            sig[name] = "fp32"
+        if is_ptr or name.startswith("stride"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn, sig, {(names.index(k),): v for k, v in constexprs.items()}, attrs)
+    opts = {"num_warps": num_warps, "num_stages": num_stages}
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
+    cubin = Path(os.environ["TRITON_CACHE_DIR"]) / f"{fn.fn.__name__}.cubin"
+    cubin.write_bytes(kernel.asm["cubin"])
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True)
+    ptx = kernel.asm["ptx"]
+    return {
+        "name": fn.fn.__name__,
+        "usage": [line.strip() for line in usage.stdout.splitlines() if "REG:" in line],
+        "wgmma": "wgmma" in ptx,
+        "cp_async": "cp.async" in ptx,
+    }
+
+
+def _compile_all() -> list[dict]:
+    from raylight.kernels import (
+        activation,
+        decode_attention,
+        kv_store,
+        prefill_attention,
+        rmsnorm,
+        rotary,
+    )
+
+    bm, bn, warps, stages = prefill_attention.choose_blocks(128, 16384, interp=False)
+    prefill = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
+                   PRECISION="tf32")  # fmt: skip
+    stage1 = dict(BLOCK_G=16, BLOCK_N=64, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
+                  PRECISION="tf32", NUM_STAGES=3)  # fmt: skip
+    mid = {"mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
+    return [
+        _compile(prefill_attention._prefill_kernel, IDX, prefill, warps, stages),
+        _compile(decode_attention._decode_stage1, {**IDX, **mid}, stage1, 4, 3),
+        _compile(decode_attention._decode_stage2, mid, dict(BLOCK_S=8, BLOCK_D=128), 4, 1),
+        _compile(rmsnorm._rmsnorm_kernel, {}, dict(HAS_RESIDUAL=True, BLOCK=8192), 16, 1),
+        _compile(
+            rotary._rotary_kernel,
+            {"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32"},
+            dict(BLOCK_H=32, BLOCK_HALF=64),
+            4,
+            1,
+        ),  # fmt: skip
+        _compile(
+            kv_store._kv_store_kernel, {"slots_ptr": "*i64"}, dict(BLOCK_H=8, BLOCK_D=128), 4, 1
+        ),  # fmt: skip
+        _compile(activation._silu_and_mul_kernel, {}, dict(BLOCK=1024), 8, 1),
+    ]
+
+
+def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
+    assert len(results) == 7
+    for r in results.values():
+        assert r["usage"] and all("STACK:0 " in u and "LOCAL:0 " in u for u in r["usage"]), r
+    assert results["_prefill_kernel"]["wgmma"] and results["_prefill_kernel"]["cp_async"]
+    assert results["_decode_stage1"]["cp_async"]
+
+
+if __name__ == "__main__":
+    print(json.dumps(_compile_all()))
