@@ -17,6 +17,7 @@ from types import MappingProxyType
 from raylight.cluster.cli_bench import add_bench
 from raylight.cluster.cli_generate import add_generate
 from raylight.cluster.cli_serve import add_serve
+from raylight.cluster.cli_sim import add_sim
 
 _SIZE_UNITS = MappingProxyType({
     "": 1, "B": 1,
@@ -84,6 +85,7 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_generate,
     _add_make_model,
     add_bench,
+    add_sim,
 )
 
 

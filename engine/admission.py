@@ -9,6 +9,7 @@ predicts the batch's future KV peak from the output lengths of recently finished
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -77,21 +78,24 @@ class AggressivePolicy:
 class PastFutureConfig:
     """Knobs of the past-future policy.
 
-    `window`: finished requests whose output lengths are remembered (a sliding window, seeded
-    with "unknown", i.e. each request's own max_tokens, so that the policy starts conservative).
-    `num_draws` length draws per request; the predicted peak is the `quantile` (1.0: the max) of
-    the draws' peaks and must stay within `safety` x the slots the batch may use.
+    `window`: the most recent finished requests whose output lengths are remembered. The history
+    starts as `prior` (at most `window`) "unknown" lengths, i.e. each request's own max_tokens:
+    the policy starts as conservative, since the first requests to finish are the short ones.
+    Each finish replaces one unknown until none is left. `num_draws` length draws per request;
+    the predicted peak is the `quantile` (1.0: the max) of the draws' peaks and must stay within
+    `safety` x the slots the batch may use.
     """
 
     window: int = 1000
+    prior: int = 100
     num_draws: int = 4
     quantile: float = 1.0
     safety: float = 0.95
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.window < 1 or self.num_draws < 1:
-            raise ValueError("window and num_draws must be at least 1")
+        if min(self.window, self.num_draws, self.prior) < 1:
+            raise ValueError("window, prior and num_draws must be at least 1")
         if not (0.0 <= self.quantile <= 1.0 and 0.0 < self.safety <= 1.0):
             raise ValueError("quantile must be in [0, 1] and safety in (0, 1]")
 
@@ -142,15 +146,16 @@ def draw_final_lengths(
 class PastFuturePolicy:
     """Admit while the predicted future KV peak of running + admitted requests fits the pool.
 
-    Invariants: the history holds exactly `window` lengths (seeded with unknown = max_tokens);
+    Invariants: the history holds at most `window` lengths, at least one (unknown or known);
     draws for the running set are made once per step, lazily on the first `admit`; a request is
     always admitted into an empty batch, so the policy can never stall the scheduler.
     """
 
     def __init__(self, config: PastFutureConfig | None = None) -> None:
         self.config = config or PastFutureConfig()
-        self._history = np.full(self.config.window, _UNKNOWN, dtype=np.int64)
-        self._next = 0  # ring-buffer position of the oldest length
+        self._lengths: deque[int] = deque(maxlen=self.config.window)
+        # Seeded unknown lengths not yet replaced by known ones.
+        self._unknown = min(self.config.prior, self.config.window)
         self._sorted: np.ndarray | None = None
         self._rng = np.random.default_rng(self.config.seed)
         self._running: Sequence[Request] = ()
@@ -177,19 +182,19 @@ class PastFuturePolicy:
         return True
 
     def on_finish(self, req: Request) -> None:
-        self._history[self._next] = len(req.output_token_ids)
-        self._next = (self._next + 1) % len(self._history)
+        self._lengths.append(len(req.output_token_ids))
+        self._unknown = max(0, min(self._unknown - 1, self.config.window - len(self._lengths)))
         self._sorted = None
 
     def history(self) -> np.ndarray:
-        """The remembered lengths, oldest first (unknown seeds included)."""
-        return np.roll(self._history, -self._next)
+        """The remembered lengths, oldest first, after the unknown seeds still left."""
+        return np.array([_UNKNOWN] * self._unknown + list(self._lengths), dtype=np.int64)
 
     def _draw(self, reqs: Sequence[Request]) -> tuple[np.ndarray, np.ndarray]:
         """(held [n], remaining [k, n]) for `reqs`: a request holds (or will once its prompt is
         in) num_tokens - 1 slots; the last sampled token gets its K/V in the next step."""
         if self._sorted is None:
-            self._sorted = np.sort(self._history)
+            self._sorted = np.sort(self.history())
         n = len(reqs)
         done = np.fromiter((len(r.output_token_ids) for r in reqs), np.int64, n)
         cap = np.fromiter((r.max_tokens for r in reqs), np.int64, n)

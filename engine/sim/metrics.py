@@ -1,0 +1,93 @@
+"""Service-level numbers from a simulation trace: goodput under an SLA, throughput, preemptions,
+KV utilization."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from raylight.engine.sim.loop import SimTrace
+
+
+@dataclass(frozen=True, slots=True)
+class Sla:
+    """A request meets the SLA if its first token comes within `ttft_s` of its arrival and no
+    two consecutive tokens are more than `itl_s` apart (every gap, not the mean)."""
+
+    ttft_s: float
+    itl_s: float
+
+
+PAPER_SLA = Sla(ttft_s=10.0, itl_s=1.5)  # the Past-Future paper's
+TIGHT_SLA = Sla(ttft_s=2.0, itl_s=0.5)  # interactive chat: ours
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReport:
+    """Goodput = requests meeting the SLA / makespan, throughput = requests (or output tokens) /
+    makespan, where makespan runs from the first arrival to the last finish: the same window for
+    every policy, and a policy that falls behind pays for its backlog."""
+
+    rate: float  # offered requests per second (the workload's nominal rate)
+    num_requests: int
+    goodput: float  # requests/s meeting PAPER_SLA
+    goodput_tight: float  # requests/s meeting TIGHT_SLA
+    sla_attainment: float  # fraction of requests meeting PAPER_SLA
+    sla_attainment_tight: float
+    throughput_requests_per_s: float
+    throughput_output_tokens_per_s: float
+    preemptions: int
+    preempted_requests: int
+    kv_util_mean: float  # over steps: slots in use during a step / pool size
+    kv_util_p99: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    max_itl_p99_s: float  # p99 over requests of each request's longest token gap
+    mean_step_ms: float
+    num_steps: int
+    makespan_s: float
+    sim_wall_s: float
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = asdict(self)
+        out["throughput"] = {
+            "requests_per_s": out.pop("throughput_requests_per_s"),
+            "output_tokens_per_s": out.pop("throughput_output_tokens_per_s"),
+        }
+        return out
+
+
+def meets(trace: SimTrace, sla: Sla) -> np.ndarray:
+    """bool [N]: which requests finished within the SLA."""
+    ttft = trace.first_token - trace.arrival
+    return ~np.isnan(trace.finish) & (ttft <= sla.ttft_s) & (trace.max_gap <= sla.itl_s)
+
+
+def summarize(trace: SimTrace, rate: float) -> PolicyReport:
+    n = len(trace.arrival)
+    makespan = float(np.nanmax(trace.finish) - trace.arrival.min())
+    ok, ok_tight = meets(trace, PAPER_SLA), meets(trace, TIGHT_SLA)
+    ttft = trace.first_token - trace.arrival
+    util = trace.step_kv_used / trace.num_kv_slots
+    return PolicyReport(
+        rate=rate,
+        num_requests=n,
+        goodput=float(ok.sum()) / makespan,
+        goodput_tight=float(ok_tight.sum()) / makespan,
+        sla_attainment=float(ok.mean()),
+        sla_attainment_tight=float(ok_tight.mean()),
+        throughput_requests_per_s=float((~np.isnan(trace.finish)).sum()) / makespan,
+        throughput_output_tokens_per_s=float(trace.output_len.sum()) / makespan,
+        preemptions=int(trace.preemptions.sum()),
+        preempted_requests=int((trace.preemptions > 0).sum()),
+        kv_util_mean=float(util.mean()) if len(util) else 0.0,
+        kv_util_p99=float(np.percentile(util, 99)) if len(util) else 0.0,
+        ttft_p50_s=float(np.nanpercentile(ttft, 50)),
+        ttft_p99_s=float(np.nanpercentile(ttft, 99)),
+        max_itl_p99_s=float(np.percentile(trace.max_gap, 99)),
+        mean_step_ms=float(trace.step_time.mean() * 1e3) if len(trace.step_time) else 0.0,
+        num_steps=len(trace.step_time),
+        makespan_s=makespan,
+        sim_wall_s=trace.wall_s,
+    )
