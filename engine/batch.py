@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from raylight.engine.request import Request
+
+_NONE = np.zeros(0, dtype=np.int64)
+_NONE.flags.writeable = False  # shared by every batch without extra table entries
+
+
+def _no_entries() -> np.ndarray:
+    return _NONE
 
 
 @dataclass(slots=True)
@@ -18,6 +25,11 @@ class Batch:
     ReqToToken table at row `req_rows[b]`. Requests whose new tokens reach their sequence's end
     sample one token: `sample_indices` are their rows in the batch (in batch order) and
     `logits_indices` the token rows whose hidden states give the logits.
+
+    `table_rows/table_positions/table_slots` are E further ReqToToken entries the scheduler
+    wrote into its host table this step without computing them: cached prefixes reused at
+    admission and entries the prefix cache rewrote. Every rank's device table must apply them
+    before attention. They never share a (row, position) with the new tokens' entries.
     """
 
     requests: list[Request]
@@ -33,6 +45,9 @@ class Batch:
     logits_indices: np.ndarray  # int64 [S]: the token row each sampling request reads logits at
     max_q_len: int
     max_kv_len: int
+    table_rows: np.ndarray = field(default_factory=_no_entries)  # int64 [E]
+    table_positions: np.ndarray = field(default_factory=_no_entries)  # int64 [E]
+    table_slots: np.ndarray = field(default_factory=_no_entries)  # int64 [E]
 
     @property
     def num_tokens(self) -> int:
@@ -62,3 +77,6 @@ class RequestDelta:
     # the request did not ask for logprobs.
     new_logprobs: list[TokenLogprobs] | None
     finish_reason: str | None
+    # Prompt tokens whose K/V came from the prefix cache at the request's first admission; set
+    # on its first delta only (the one with its first generated token), None on the others.
+    num_cached_tokens: int | None = None

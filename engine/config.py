@@ -21,7 +21,8 @@ class EngineOptions:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     tensor_parallel_size: int = 1
-    enable_prefix_caching: bool = False
+    # Keep finished requests' K/V in a token-level radix tree and reuse it for shared prefixes.
+    enable_prefix_caching: bool = True
     seed: int = 0
     device: str = "auto"
     # KV pool size in tokens. None: from free GPU memory on CUDA, `cpu_kv_cache_tokens` on CPU.
@@ -54,6 +55,7 @@ class EngineConfig:
     gpu_memory_utilization: float
     attention_backend: str
     seed: int
+    enable_prefix_caching: bool = False  # resolve_engine_config copies EngineOptions' (True)
 
 
 def resolve_engine_config(
@@ -73,8 +75,6 @@ def resolve_engine_config(
         raise ValueError(
             f"max_model_len={max_model_len} exceeds the model's context length {limit}"
         )
-    if options.enable_prefix_caching:
-        raise ValueError("enable_prefix_caching=True: the prefix cache is not implemented yet")
     if options.max_num_seqs < 1 or options.max_num_batched_tokens < 1:
         raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
     if arch.num_heads % options.tensor_parallel_size or (
@@ -109,6 +109,7 @@ def resolve_engine_config(
         gpu_memory_utilization=options.gpu_memory_utilization,
         attention_backend=options.attention_backend,
         seed=options.seed,
+        enable_prefix_caching=options.enable_prefix_caching,
     )
 
 

@@ -14,6 +14,7 @@ from raylight.engine.config import EngineConfig
 from raylight.engine.errors import RequestRejectedError
 from raylight.engine.kv_pool import SlotAllocator
 from raylight.engine.model_runner import ModelRunner
+from raylight.engine.prefix_cache import PrefixCache
 from raylight.engine.request import Request
 from raylight.engine.sampling_params import SamplingParams
 from raylight.engine.scheduler import Scheduler
@@ -23,10 +24,12 @@ class EngineCore:
     def __init__(self, config: EngineConfig, runner: ModelRunner) -> None:
         self.config = config
         self.runner = runner
+        allocator = SlotAllocator(runner.num_slots)
         self.scheduler = Scheduler(
             config.scheduler,
-            SlotAllocator(runner.num_slots),
+            allocator,
             make_policy(config.scheduler.admission_policy),
+            PrefixCache(allocator) if config.enable_prefix_caching else None,
         )
         self.requests: dict[str, Request] = {}
         self._seed_rng = random.Random(config.seed)

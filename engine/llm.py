@@ -62,7 +62,7 @@ class LLM:
             if len(params_list) != len(prompt_list):
                 raise ValueError("give one SamplingParams, or one per prompt")
         outputs: list[RequestOutput] = []
-        by_id: dict[str, tuple[CompletionOutput, bool]] = {}
+        by_id: dict[str, tuple[RequestOutput, CompletionOutput, bool]] = {}
         # Validate everything before adding anything, so a bad prompt leaves the engine clean.
         staged = []
         for prompt, params in zip(prompt_list, params_list):
@@ -73,7 +73,7 @@ class LLM:
             for j in range(params.n):
                 req = self.core.make_request(f"{rid}-{j}", ids, params, sample_index=j)
                 completion = CompletionOutput(j, "", [], None, [] if params.logprobs else None)
-                by_id[req.request_id] = (completion, params.logprobs is not None)
+                by_id[req.request_id] = (out, completion, params.logprobs is not None)
                 out.outputs.append(completion)
                 staged.append(req)
             outputs.append(out)
@@ -82,7 +82,9 @@ class LLM:
         bar = tqdm(total=len(staged), desc="Generating", disable=not use_tqdm)
         while self.core.has_unfinished:
             for delta in self.core.step():
-                completion, wants_logprobs = by_id[delta.request_id]
+                out, completion, wants_logprobs = by_id[delta.request_id]
+                if delta.num_cached_tokens is not None:
+                    out.num_cached_tokens = max(out.num_cached_tokens or 0, delta.num_cached_tokens)
                 completion.token_ids.extend(delta.new_token_ids)
                 if wants_logprobs and delta.new_logprobs and completion.logprobs is not None:
                     for tok, (lp, top) in zip(delta.new_token_ids, delta.new_logprobs):

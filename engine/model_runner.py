@@ -105,11 +105,14 @@ class ModelRunner:
         request samples). Every tensor-parallel rank calls this with the same batch."""
         b = batch
         arrays = [b.input_ids, b.positions, b.out_slots, b.token_rows,
-                  b.cu_seqlens_q, b.seq_lens_kv, b.req_rows, b.logits_indices]  # fmt: skip
-        input_ids, positions, out_slots, token_rows, cu_q, kv_lens, req_rows, logits_idx = (
-            self.uploader.upload(arrays)
-        )
+                  b.cu_seqlens_q, b.seq_lens_kv, b.req_rows, b.logits_indices,
+                  b.table_rows, b.table_positions, b.table_slots]  # fmt: skip
+        (input_ids, positions, out_slots, token_rows, cu_q, kv_lens, req_rows, logits_idx,
+         t_rows, t_positions, t_slots) = self.uploader.upload(arrays)  # fmt: skip
         # The scheduler wrote these entries into its host table; mirror them on the device.
+        # Cached-prefix entries and new-token entries never share a (row, position).
+        if b.table_rows.shape[0]:
+            self.req_to_token[t_rows, t_positions] = t_slots.to(torch.int32)
         self.req_to_token[token_rows, positions] = out_slots.to(torch.int32)
         meta = AttentionMetadata(
             cu_seqlens_q=cu_q,

@@ -33,6 +33,9 @@ class RequestOutput:
     prompt: str | None
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
+    # Prompt tokens whose K/V came from the prefix cache (the best of the prompt's n samples at
+    # their first admission); None until a sample has produced its first token.
+    num_cached_tokens: int | None = None
 
     @property
     def finished(self) -> bool:

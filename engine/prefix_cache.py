@@ -220,16 +220,20 @@ class PrefixCache:
         self.unlock(locked)
         return match
 
-    def evict(self, num_slots: int) -> int:
+    def evict(self, num_slots: int, partial: bool = False) -> int:
         """Frees unlocked leaves, least recently used first (a parent left childless and unlocked
-        becomes a candidate), until `num_slots` slots are freed or nothing is evictable.
-        Returns the number freed (whole nodes go, so it may exceed `num_slots`)."""
+        becomes a candidate), until `num_slots` slots are freed or nothing is evictable. Whole
+        nodes go, so it may free more than `num_slots`; with `partial`, the last leaf taken loses
+        only the tail it must (its head may still hit: e.g. a request preempted under pressure
+        keeps most of its cached prefix). Returns the number freed."""
         freed = 0
         chunks: list[np.ndarray] = []
         while freed < num_slots and self._heap:
             stamp, _, node = heapq.heappop(self._heap)
             if not self._is_evictable_leaf(node) or node.last_access != stamp:
                 continue  # stale entry
+            if partial and len(node.slots) > num_slots - freed:
+                self._split(node, len(node.slots) - (num_slots - freed))  # node keeps the tail
             parent = node.parent
             assert parent is not None
             del parent.children[int(node.key[0])]

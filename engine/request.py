@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from raylight.engine.prefix_cache import RadixNode
 from raylight.engine.sampling_params import SamplingParams
 
 
@@ -28,6 +29,11 @@ class Request:
     the slots in row `row` of the ReqToToken table; `num_computed_tokens <= num_tokens`;
     `num_tokens == len(prompt_token_ids) + len(output_token_ids)` (kept as a field because the
     scheduler reads it for every running request every step; `Scheduler.update` maintains it).
+
+    Prefix cache (while running): slots `[0, num_prefix)` of the row are borrowed from the tree
+    and pinned by one lock on `prefix_node` (None: no lock held); slots
+    `[num_prefix, num_computed_tokens)` are the request's own. `num_cached_tokens` is the hit of
+    its first admission (0 without a cache), kept across preemptions.
     """
 
     request_id: str
@@ -45,6 +51,9 @@ class Request:
     num_computed_tokens: int = 0
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    prefix_node: RadixNode | None = None
+    num_prefix: int = 0
+    num_cached_tokens: int = 0
     num_tokens: int = field(init=False, default=-1)
 
     def __post_init__(self) -> None:

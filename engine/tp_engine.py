@@ -24,10 +24,11 @@ from raylight.engine.engine_core import EngineCore
 from raylight.engine.model_runner import ModelRunner, StepResult
 from raylight.engine.parallel import TPGroup
 
-_HEADER = 8  # num_tokens, num_reqs, num_sampled, max_q_len, max_kv_len, stop flag, 0, 0
+# num_tokens, num_reqs, num_sampled, max_q_len, max_kv_len, stop flag, num table entries, 0
+_HEADER = 8
 _ARRAYS = (
     "input_ids", "positions", "out_slots", "token_rows", "cu_seqlens_q", "seq_lens_kv", "req_rows",
-    "num_new", "sample_indices", "logits_indices",
+    "num_new", "sample_indices", "logits_indices", "table_rows", "table_positions", "table_slots",
 )  # fmt: skip
 
 
@@ -98,7 +99,7 @@ def _send_batch(batch: Batch, group: dist.ProcessGroup) -> None:
     arrays = [getattr(batch, name) for name in _ARRAYS]
     header = torch.tensor(
         [batch.num_tokens, len(batch.requests), len(batch.sample_indices),
-         batch.max_q_len, batch.max_kv_len, 0, 0, 0],
+         batch.max_q_len, batch.max_kv_len, 0, len(batch.table_rows), 0],
         dtype=torch.int64,
     )  # fmt: skip
     dist.broadcast(header, src=0, group=group)
@@ -108,10 +109,10 @@ def _send_batch(batch: Batch, group: dist.ProcessGroup) -> None:
 def _recv_batch(group: dist.ProcessGroup) -> Batch | None:
     header = torch.empty(_HEADER, dtype=torch.int64)
     dist.broadcast(header, src=0, group=group)
-    t, b, s, max_q, max_kv, stop, _, _ = header.tolist()
+    t, b, s, max_q, max_kv, stop, e, _ = header.tolist()
     if stop:
         return None
-    sizes = [t, t, t, t, b + 1, b, b, b, s, s]
+    sizes = [t, t, t, t, b + 1, b, b, b, s, s, e, e, e]
     payload = torch.empty(sum(sizes), dtype=torch.int64)
     dist.broadcast(payload, src=0, group=group)
     parts = np.split(payload.numpy(), np.cumsum(sizes)[:-1])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from raylight.engine.engine_core import EngineCore
+from raylight.engine.prefix_cache_check import check_invariants
 from raylight.engine.request import Request
 from raylight.engine.sampling_params import SamplingParams
 
@@ -12,8 +14,12 @@ from raylight.engine.sampling_params import SamplingParams
 def assert_pool_empty(core: EngineCore) -> None:
     sched = core.scheduler
     assert not sched.has_unfinished
-    assert sched.allocator.num_free == sched.allocator.capacity, "KV slots leaked"
-    assert len(sched.allocator.owned()) == 0
+    # Slots still in use belong to the prefix cache, and nothing pins them (all evictable).
+    cached = 0 if sched.cache is None else sched.cache.num_cached_slots
+    assert sched.allocator.num_used == cached, "KV slots leaked"
+    assert sched.num_free_slots == sched.allocator.capacity, "cached slots still locked"
+    if sched.cache is not None:
+        check_invariants(sched.cache)
     assert sched.table.num_free_rows == core.config.scheduler.max_num_seqs
     assert not core.requests
 
@@ -36,6 +42,18 @@ def run_to_completion(
         step += 1
     assert_pool_empty(core)
     return reqs
+
+
+def shared_prefix_prompts(vocab: int, seed: int = 0) -> list[list[int]]:
+    """Eight prompts over one 70-token system prefix: four extensions, a shorter cut with a
+    different tail, the prefix itself, an exact repeat of the second, and one unrelated prompt."""
+    rng = random.Random(seed)
+    system = [rng.randrange(vocab) for _ in range(70)]
+    tail = [[rng.randrange(vocab) for _ in range(n)] for n in (1, 9, 23, 40)]
+    prompts = [system + t for t in tail]
+    prompts += [system[:37] + tail[2], list(system), list(prompts[1])]
+    prompts.append([rng.randrange(vocab) for _ in range(50)])
+    return prompts
 
 
 def make_sampling_request(

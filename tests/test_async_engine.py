@@ -30,7 +30,7 @@ def wait_idle(engine: AsyncEngine) -> None:
     async def idle() -> None:
         for _ in range(200):
             sched = engine.core.scheduler
-            if not sched.has_unfinished and sched.allocator.num_free == sched.allocator.capacity:
+            if not sched.has_unfinished and sched.num_free_slots == sched.allocator.capacity:
                 return
             await asyncio.sleep(0.01)
         raise AssertionError("KV slots still held after all streams ended")

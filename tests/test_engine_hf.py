@@ -15,7 +15,7 @@ from raylight.engine.llm import create_engine_core
 from raylight.engine.sampling_params import SamplingParams
 
 from .conftest import ARCHS
-from .engine_helpers import run_to_completion
+from .engine_helpers import run_to_completion, shared_prefix_prompts
 
 NEW_TOKENS = 64
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
@@ -102,7 +102,7 @@ def test_last_position_logits_match_hf(
     expected = torch.stack(hf_logits)
     torch.testing.assert_close(result.logits, expected, atol=1e-4, rtol=0)
     core.scheduler.update(batch, result.token_ids, result.logprobs)
-    assert core.scheduler.allocator.num_free == core.scheduler.allocator.capacity
+    assert core.scheduler.num_free_slots == core.scheduler.allocator.capacity
 
 
 def test_preemption_under_a_small_pool_keeps_hf_output(
@@ -125,14 +125,21 @@ def test_preemption_under_a_small_pool_keeps_hf_output(
 
 
 def test_tensor_parallel_two_ranks_matches_one(tiny_models: dict[str, Path]) -> None:
-    prompts = make_prompts(2048, seed=1)[:4]
+    """TP=2 with the prefix cache equals TP=1 without it. The prompts share prefixes and arrive
+    over time, so the worker rank's device table must receive the reused table entries through
+    the batch broadcast (one TP engine per test process: its process group is global)."""
+    prompts = make_prompts(2048, seed=1)[:4] + shared_prefix_prompts(2048, seed=1)
+    arrivals = [0, 0, 0, 0, 0, 0, 5, 9, 13, 17, 21, 25]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     outs = []
-    for tp in (1, 2):
+    for tp, cache in ((1, False), (2, True)):
         opts = EngineOptions(
-            dtype="float32", max_model_len=256, tensor_parallel_size=tp, max_num_batched_tokens=40
-        )
+            dtype="float32", max_model_len=256, tensor_parallel_size=tp,
+            max_num_batched_tokens=40, enable_prefix_caching=cache,
+        )  # fmt: skip
         core = create_engine_core(tiny_models["qwen2"], opts, progress=False)
-        outs.append([r.output_token_ids for r in run_to_completion(core, prompts, params)])
+        reqs = run_to_completion(core, prompts, params, arrivals)
+        outs.append([r.output_token_ids for r in reqs])
     assert outs[0] == outs[1]
+    assert sum(r.num_cached_tokens for r in reqs) > 100  # the TP=2 run hit the cache
     assert np.array(outs[0]).std() > 0  # not a degenerate constant output

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from raylight.engine.admission import make_policy
+from raylight.engine.batch import RequestDelta
 from raylight.engine.config import SchedulerConfig
 from raylight.engine.kv_pool import SlotAllocator
+from raylight.engine.prefix_cache import PrefixCache, RadixNode
+from raylight.engine.prefix_cache_check import check_invariants
 from raylight.engine.request import Request
 from raylight.engine.sampling_params import SamplingParams
 from raylight.engine.scheduler import Scheduler
@@ -152,3 +155,263 @@ def test_stop_token_ends_request_after_min_tokens() -> None:
     deltas = sched.update(batch, [EOS])
     assert deltas[0].finish_reason == "stop" and r.output_token_ids == [EOS]
     assert alloc.num_free == alloc.capacity
+
+
+# ---- with a prefix cache ----------------------------------------------------------------------
+
+
+class CountingCache(PrefixCache):
+    """A prefix cache that counts the slots it evicted (so tests can insist eviction happened)."""
+
+    def __init__(self, allocator: SlotAllocator) -> None:
+        super().__init__(allocator)
+        self.num_evicted = 0
+
+    def evict(self, num_slots: int, partial: bool = False) -> int:
+        freed = super().evict(num_slots, partial)
+        self.num_evicted += freed
+        return freed
+
+
+class DeviceKV(FakeKV):
+    """FakeKV that, like the model runner, keeps its own ReqToToken table updated only from what
+    each batch carries (its extra table entries, then its new tokens), and reads through it."""
+
+    def __init__(self, num_slots: int, table_shape: tuple[int, int]) -> None:
+        super().__init__(num_slots)
+        self.table = np.zeros(table_shape, dtype=np.int64)
+
+    def run(self, sched: Scheduler, batch) -> list[int]:
+        entries = set(zip(batch.table_rows.tolist(), batch.table_positions.tolist()))
+        assert len(entries) == len(batch.table_rows), "an extra table entry is repeated"
+        assert not entries & set(zip(batch.token_rows.tolist(), batch.positions.tolist()))
+        self.table[batch.table_rows, batch.table_positions] = batch.table_slots
+        self.table[batch.token_rows, batch.positions] = batch.out_slots
+        self.tokens[batch.out_slots] = batch.input_ids
+        sampled = []
+        for i, r in enumerate(batch.requests):
+            row, n_kv = int(batch.req_rows[i]), int(batch.seq_lens_kv[i])
+            assert (self.table[row, :n_kv] == sched.table.table[row, :n_kv]).all(), "device table"
+            assert r.num_computed_tokens + int(batch.num_new[i]) == n_kv
+        for i in batch.sample_indices.tolist():
+            row, n_kv = int(batch.req_rows[i]), int(batch.seq_lens_kv[i])
+            seq = self.tokens[self.table[row, :n_kv]].tolist()
+            assert seq == batch.requests[i].token_ids_slice(0, n_kv), "a slot holds a wrong token"
+            sampled.append(next_token(seq))
+        return sampled
+
+
+def path_slots(node: RadixNode) -> np.ndarray:
+    """The slots of the tree path root..node."""
+    chunks = []
+    while node.parent is not None:
+        chunks.append(node.slots)
+        node = node.parent
+    return np.concatenate(chunks[::-1]) if chunks else np.zeros(0, np.int64)
+
+
+def check_cache_accounting(sched: Scheduler) -> None:
+    """Tree invariants, the no-leak rule, and every running request's borrowed prefix."""
+    cache = sched.cache
+    assert cache is not None
+    check_invariants(cache)
+    own = sum(r.num_computed_tokens - r.num_prefix for r in sched.running)
+    assert sched.allocator.num_used == cache.num_cached_slots + own, "slots leaked"
+    locks = sum(n.locks for n in cache.nodes())
+    held = 0
+    for r in sched.running:
+        assert r.prefix_node is not None
+        assert (path_slots(r.prefix_node) == sched.table.table[r.row, : r.num_prefix]).all()
+        held += r.prefix_node is not cache.root
+    assert locks == held, "lock count differs from the running requests' prefixes"
+    for r in sched.waiting:
+        assert r.prefix_node is None and r.num_computed_tokens == 0
+
+
+class CacheRun:
+    """Drives a scheduler with a prefix cache step by step against the oracle."""
+
+    def __init__(self, num_slots: int, policy: str, max_seqs: int, budget: int, max_len: int):
+        self.alloc = SlotAllocator(num_slots)
+        self.cache = CountingCache(self.alloc)
+        config = SchedulerConfig(max_seqs, budget, max_len, policy)
+        self.sched = Scheduler(config, self.alloc, make_policy(policy), self.cache)
+        self.kv = DeviceKV(num_slots, self.sched.table.table.shape)
+        self.budget, self.max_seqs = budget, max_seqs
+        self.first_delta_cached: dict[str, int | None] = {}
+
+    def step(self) -> list[RequestDelta]:
+        batch = self.sched.schedule()
+        deltas: list[RequestDelta] = []
+        if batch is not None:
+            assert batch.num_tokens <= self.budget and len(batch.requests) <= self.max_seqs
+            deltas = self.sched.update(batch, self.kv.run(self.sched, batch))
+        for d in deltas:
+            if d.request_id not in self.first_delta_cached:
+                self.first_delta_cached[d.request_id] = d.num_cached_tokens
+            else:
+                assert d.num_cached_tokens is None, "cached tokens reported twice"
+        check_cache_accounting(self.sched)
+        return deltas
+
+    def drain(self) -> None:
+        """Checks the end state: only the tree holds slots, all evictable, and evicting them all
+        empties the pool."""
+        assert not self.sched.has_unfinished
+        assert self.sched.table.num_free_rows == self.max_seqs
+        assert self.alloc.num_used == self.cache.num_cached_slots
+        assert self.cache.num_evictable_slots == self.cache.num_cached_slots
+        self.cache.evict(self.alloc.capacity)
+        assert self.alloc.num_free == self.alloc.capacity and self.cache.num_nodes == 0
+
+
+def random_workload(rng: random.Random, max_len: int) -> tuple[list[list[int]], list[int]]:
+    """Prompts that share system prefixes; some repeat (samples of one prompt)."""
+    systems = [[rng.randrange(1, VOCAB) for _ in range(rng.randint(5, 40))] for _ in range(3)]
+    prompts: list[list[int]] = []
+    for _ in range(16):
+        if prompts and rng.random() < 0.25:
+            prompts.append(list(rng.choice(prompts)))  # another sample of an earlier prompt
+            continue
+        suffix = [rng.randrange(1, VOCAB) for _ in range(rng.randint(0, 20))]
+        prompt = (rng.choice(systems) if rng.random() < 0.8 else []) + suffix
+        prompts.append(prompt or [1])
+    max_tokens = [rng.randint(1, min(30, max_len - len(p) - 12)) for p in prompts]
+    return prompts, max_tokens
+
+
+@pytest.mark.parametrize("policy", ["conservative", "aggressive"])
+@pytest.mark.parametrize("seed", range(6))
+def test_prefix_cache_matches_oracle(policy: str, seed: int) -> None:
+    """Shared prefixes, samples of one prompt (same and different steps), multi-turn follow-ups,
+    chunked prefill, aborts, and a pool small enough to force eviction (and preemption)."""
+    rng = random.Random(seed)
+    max_len = 128
+    run_ = CacheRun(rng.choice([129, 160, 400]), policy, 6, rng.choice([7, 16, 64]), max_len)
+    prompts, max_tokens = random_workload(rng, max_len)
+    arrivals = sorted(rng.randint(0, 25) for _ in prompts)
+    pending = [
+        (at, f"r{i}", p, m) for i, (at, p, m) in enumerate(zip(arrivals, prompts, max_tokens))
+    ]
+    reqs: dict[str, Request] = {}
+    aborted: set[str] = set()
+    follow_ups: list[tuple[str, Request]] = []  # (turn request id, the turn it follows)
+    step = 0
+    while pending or run_.sched.has_unfinished:
+        while pending and pending[0][0] <= step:
+            _, rid, p, m = pending.pop(0)
+            reqs[rid] = make_request(rid, p, m)
+            run_.sched.add(reqs[rid])
+        if rng.random() < 0.03:
+            live = [r for r in reqs.values() if not r.is_finished]
+            if live:
+                victim = rng.choice(live)
+                run_.sched.abort(victim)
+                aborted.add(victim.request_id)
+                check_cache_accounting(run_.sched)
+        for d in run_.step():
+            req = reqs[d.request_id]
+            history = req.prompt_token_ids + req.output_token_ids
+            new = [rng.randrange(1, VOCAB) for _ in range(rng.randint(1, 6))]
+            if d.finish_reason and rng.random() < 0.5 and len(history) + len(new) + 4 < max_len:
+                rid = f"{d.request_id}+"
+                pending.insert(0, (step + 1, rid, history + new, rng.randint(1, 4)))
+                follow_ups.append((rid, req))
+        step += 1
+        assert step < 10_000, "scheduler made no progress"
+    run_.drain()
+    for rid, r in reqs.items():
+        expected = oracle(r.prompt_token_ids, r.max_tokens)
+        if rid in aborted:
+            assert r.output_token_ids == expected[: len(r.output_token_ids)]
+        else:
+            assert r.output_token_ids == expected, rid
+            assert run_.first_delta_cached[rid] == r.num_cached_tokens
+        assert r.num_cached_tokens <= r.num_prompt_tokens - 1
+    assert sum(r.num_cached_tokens for r in reqs.values()) > 0, "the cache never hit"
+    if run_.alloc.capacity <= 128:
+        assert run_.cache.num_evicted > 0
+    if policy == "conservative":  # its accounting counts pinned cached slots: never preempts
+        assert run_.sched.num_preemptions == 0
+
+
+def test_multi_turn_hits_whole_history() -> None:
+    """Each turn's prompt is the previous prompt + output + new tokens: it hits everything but
+    the last generated token (which never got K/V)."""
+    run_ = CacheRun(1000, "conservative", 4, 16, 256)
+    rng = random.Random(1)
+    prompt = [rng.randrange(1, VOCAB) for _ in range(30)]
+    previous = 0
+    for turn in range(4):
+        r = make_request(f"t{turn}", prompt, 10)
+        run_.sched.add(r)
+        while run_.sched.has_unfinished:
+            run_.step()
+        assert r.output_token_ids == oracle(prompt, 10)
+        if turn == 0:
+            assert r.num_cached_tokens == 0
+        else:
+            assert r.num_cached_tokens == previous - 1
+            assert run_.first_delta_cached[r.request_id] == previous - 1
+        previous = r.num_tokens
+        prompt = prompt + r.output_token_ids + [rng.randrange(1, VOCAB) for _ in range(5)]
+    run_.drain()
+
+
+def test_samples_of_one_prompt_share_its_slots() -> None:
+    """Admitted in the same step, samples compute the prompt each, then share one copy; one that
+    arrives later hits the whole prompt but its last token."""
+    run_ = CacheRun(1000, "conservative", 8, 256, 256)
+    prompt = list(range(1, 41))
+    same_step = [make_request(f"s{i}", list(prompt), 20) for i in range(3)]
+    for r in same_step:
+        run_.sched.add(r)
+    run_.step()  # the three prefills
+    run_.step()  # the first decode: the prompt goes to the tree, duplicates are freed
+    rows = [run_.sched.table.table[r.row, :40] for r in same_step]
+    assert (rows[0] == rows[1]).all() and (rows[0] == rows[2]).all()
+    assert run_.alloc.num_used == 40 + 3  # one prompt copy + each sample's first token
+    late = make_request("late", list(prompt), 20)
+    run_.sched.add(late)
+    run_.step()
+    assert late.num_cached_tokens == 39
+    while run_.sched.has_unfinished:
+        run_.step()
+    for r in [*same_step, late]:
+        assert r.output_token_ids == oracle(prompt, 20)
+        assert r.num_prefix == 0 and r.prefix_node is None
+    run_.drain()
+
+
+def test_preempted_request_is_cached_and_reports_its_first_hit() -> None:
+    """Preemption gives what was computed to the tree: readmitted, the request hits it all,
+    while `num_cached_tokens` keeps the hit of its first admission."""
+    reqs = [make_request(str(i), [1 + i] * 30, 60) for i in range(4)]
+    run_ = CacheRun(100, "aggressive", 8, 32, 100)
+    for r in reqs:
+        run_.sched.add(r)
+    hits_on_readmission = []
+    while run_.sched.has_unfinished:
+        waiting = [r for r in run_.sched.waiting if r.num_preemptions]
+        run_.step()
+        hits_on_readmission += [r.num_prefix for r in waiting if r.row >= 0]
+    assert run_.sched.num_preemptions > 0
+    assert any(h > 0 for h in hits_on_readmission), hits_on_readmission
+    for r in reqs:
+        assert r.output_token_ids == oracle(r.prompt_token_ids, 60)
+        assert r.num_cached_tokens == 0
+    run_.drain()
+
+
+def test_no_cache_reports_zero_cached_tokens_once() -> None:
+    alloc = SlotAllocator(64)
+    sched = Scheduler(SchedulerConfig(4, 16, 60, "conservative"), alloc, make_policy("aggressive"))
+    sched.add(make_request("a", [5, 6], 3))
+    firsts = []
+    while sched.has_unfinished:
+        batch = sched.schedule()
+        firsts += [
+            d.num_cached_tokens for d in sched.update(batch, [7] * len(batch.sample_indices))
+        ]
+    assert firsts == [0, None, None]
+    assert len(batch.table_rows) == 0
