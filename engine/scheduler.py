@@ -6,7 +6,8 @@ KV slots; `update()` applies the sampled tokens. Requests change only in these a
 
 With a prefix cache, a slot is owned by the tree or by one running request, never both:
 `allocator.num_used == cache.num_cached_slots + sum(r.num_computed_tokens - r.num_prefix)` over
-running requests, and every running request holds exactly one lock (on `r.prefix_node`).
+running requests, and each running request holds one lock, on `r.prefix_node` (the root when
+it borrows nothing; locking the root is a no-op).
 Requests give their computed tokens to the tree when they finish, are aborted or preempted, and
 their prompt once its prefill completes (so that requests running alongside share it).
 """
@@ -56,6 +57,12 @@ class Scheduler:
         if self.cache is None:
             return self.allocator.num_free
         return self.allocator.num_free + self.cache.num_evictable_slots
+
+    @property
+    def num_used_slots(self) -> int:
+        """Slots unavailable to new work: running requests' own and the cached ones they pin.
+        Cached slots nobody pins count as free (0 when idle, cache or not)."""
+        return self.allocator.capacity - self.num_free_slots
 
     @property
     def has_unfinished(self) -> bool:

@@ -261,6 +261,7 @@ class CacheRun:
         assert self.sched.table.num_free_rows == self.max_seqs
         assert self.alloc.num_used == self.cache.num_cached_slots
         assert self.cache.num_evictable_slots == self.cache.num_cached_slots
+        assert self.sched.num_used_slots == 0  # what a load report shows: the cache is free
         self.cache.evict(self.alloc.capacity)
         assert self.alloc.num_free == self.alloc.capacity and self.cache.num_nodes == 0
 
