@@ -24,6 +24,18 @@ class AppConfig:
         return int(self.engine.get("tensor_parallel_size", 1))
 
 
+def _bool(value: object) -> bool:
+    """`serve run ... enable_prefix_caching=false` passes strings; YAML and Python pass bools."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {value!r}")
+
+
 _ENGINE_KEYS = {
     "dtype": str,
     "max_model_len": int,
@@ -34,6 +46,8 @@ _ENGINE_KEYS = {
     "num_kv_slots": int,
     "gpu_memory_utilization": float,
     "device": str,
+    "enable_prefix_caching": _bool,
+    "admission_policy": str,
 }
 _APP_KEYS = {
     "model": str,

@@ -34,6 +34,11 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-prefix-cache", dest="enable_prefix_caching", action="store_false",
+                   default=None, help="turn off the token-level prefix cache")
+    p.add_argument("--admission-policy", default=None,
+                   choices=["conservative", "aggressive", "past-future"],
+                   help="how an engine admits waiting requests (default: conservative)")
     p.set_defaults(handler=run_serve)
 
 
@@ -41,6 +46,7 @@ _APP_ARGS = (
     "model", "served_model_name", "api_key", "num_engine_replicas", "num_ingress_replicas",
     "max_queued_requests", "max_request_body_bytes", "tensor_parallel_size", "max_model_len",
     "max_num_seqs", "max_num_batched_tokens", "dtype", "gpu_memory_utilization", "seed",
+    "enable_prefix_caching", "admission_policy",
 )  # fmt: skip
 
 
@@ -54,7 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     started_ray = address is None
     if started_ray:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     else:
         ray.init(address=address)
     stop = threading.Event()

@@ -112,7 +112,7 @@ class EngineServer:
             engine_index=self.engine_index,
             num_running=len(sched.running),
             num_waiting=self.num_queued(),
-            kv_slots_used=sched.allocator.num_used,
+            kv_slots_used=sched.num_used_slots,
             kv_slots_total=sched.allocator.capacity,
         )
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from raylight.cluster.detached import DetachedTasks
 from raylight.cluster.detokenizer import DetokenizeParams, IncrementalDetokenizer
 from raylight.cluster.errors import bad_request, overloaded
 from raylight.cluster.messages import Rejection
@@ -30,6 +31,8 @@ class SampleEvent:
     logprobs: list[TokenLogprobs] | None
     finish_reason: str | None
     num_output_tokens: int  # tokens of this sample that count as output so far
+    # Prompt tokens served from the engine's prefix cache; on the sample's first event only.
+    num_cached_tokens: int | None = None
 
 
 _STARTED = object()  # the first item of `_sample_events`: every sample has been added
@@ -58,14 +61,16 @@ async def start_samples(
     tokenizer: Any,
     engine: Any,  # a DeploymentHandle to the chosen engine replica
     deltas: DeltaRouter,
+    background: DetachedTasks,
 ) -> AsyncGenerator[SampleEvent, None]:
     """Adds the prompt's samples to `engine` now, so a refusal (400, or 503 when the replica's
     queue is full) is raised here, before any response starts; returns their event stream.
     Closing that stream early aborts the samples still running (an abandoned stream is closed
     by the event loop's async-generator finalizer when it is garbage-collected)."""
     stream = _sample_events(
-        ingress_id, request_id, prompt_token_ids, params, text_options, tokenizer, engine, deltas
-    )
+        ingress_id, request_id, prompt_token_ids, params, text_options, tokenizer, engine, deltas,
+        background,
+    )  # fmt: skip
     first = await stream.__anext__()  # runs up to the point where every sample was added
     assert first is _STARTED
     return cast("AsyncGenerator[SampleEvent, None]", stream)
@@ -80,6 +85,7 @@ async def _sample_events(
     tokenizer: Any,
     engine: Any,
     deltas: DeltaRouter,
+    background: DetachedTasks,
 ) -> AsyncGenerator[SampleEvent | object, None]:
     sample_ids = [f"{request_id}-{j}" for j in range(params.n)]
     queue: asyncio.Queue[RequestDelta] = asyncio.Queue()
@@ -109,13 +115,17 @@ async def _sample_events(
             if event.finish_reason is not None:
                 running.discard(d.request_id)
                 if d.finish_reason is None:  # a stop string: the engine must stop too
-                    await engine.abort.remote([d.request_id])
+                    background.spawn(_abort(engine, [d.request_id]))
             yield event
     finally:
         for rid in sample_ids:
             deltas.queues.pop(rid, None)
-        if running:
-            await engine.abort.remote(sorted(running))
+        if running:  # detached: this request may be cancelled (client gone), its abort not
+            background.spawn(_abort(engine, sorted(running)))
+
+
+async def _abort(engine: Any, request_ids: list[str]) -> None:
+    await engine.abort.remote(request_ids)
 
 
 def _rejection_error(rejection: Rejection) -> Exception:
@@ -136,4 +146,5 @@ def _event(index: int, d: RequestDelta, detok: IncrementalDetokenizer) -> Sample
             finish = "stop"
     if finish == "abort":
         finish = "stop"
-    return SampleEvent(index, text, d.new_token_ids, d.new_logprobs, finish, used)
+    return SampleEvent(index, text, d.new_token_ids, d.new_logprobs, finish, used,
+                       d.num_cached_tokens)  # fmt: skip

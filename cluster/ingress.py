@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from raylight.cluster.app_config import AppConfig
+from raylight.cluster.detached import DetachedTasks
 from raylight.cluster.errors import (
     OpenAIError,
     from_request_rejected,
@@ -83,15 +84,15 @@ class OpenAIIngress:
         self.ingress_id = uuid.uuid4().hex
         self.deltas = DeltaRouter()
         self.metrics = ServingMetrics(self.model_name)
+        self.background = DetachedTasks()
         self._subscriptions: list[asyncio.Task] = []
 
     # ---- plumbing -------------------------------------------------------------------------
 
     def _subscribe(self) -> None:
         if not self._subscriptions:
-            for engine in self.engines:
-                task = asyncio.get_running_loop().create_task(self._consume(engine))
-                self._subscriptions.append(task)
+            for engine in self.engines:  # not tied to the request that happens to start them
+                self._subscriptions.append(self.background.spawn(self._consume(engine)))
 
     async def _consume(self, engine: Any) -> None:
         while True:
@@ -147,6 +148,7 @@ class OpenAIIngress:
                     tokenizer=self.tokenizer,
                     engine=self.engines[index],
                     deltas=self.deltas,
+                    background=self.background,
                 ))  # fmt: skip
         except BaseException:
             for stream in started:

@@ -39,6 +39,10 @@ class ServingMetrics:
         self.prompt_tokens = Counter(
             "raylight_prompt_tokens", "Prompt tokens of finished requests", m, registry=r
         )
+        self.cached_tokens = Counter(
+            "raylight_prompt_tokens_cached", "Prompt tokens served from the prefix cache", m,
+            registry=r,
+        )  # fmt: skip
         self.generation_tokens = Counter(
             "raylight_generation_tokens", "Generated tokens sent to clients", m, registry=r
         )
@@ -69,6 +73,7 @@ class ServingMetrics:
         endpoint: str,
         status: str,
         prompt_tokens: int,
+        cached_tokens: int,
         completion_tokens: int,
         ttft_s: float | None,
         gaps_s: Sequence[float],
@@ -77,6 +82,7 @@ class ServingMetrics:
         name = self.model_name
         self.requests.labels(name, endpoint, status).inc()
         self.prompt_tokens.labels(name).inc(prompt_tokens)
+        self.cached_tokens.labels(name).inc(cached_tokens)
         self.generation_tokens.labels(name).inc(completion_tokens)
         if ttft_s is not None:
             self.ttft.labels(name).observe(ttft_s)

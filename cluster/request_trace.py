@@ -29,15 +29,23 @@ class RequestTrace:
     gaps_s: list[float] = field(default_factory=list)
     _last_at: dict[tuple[int, int], float] = field(default_factory=dict)
     _output_tokens: dict[tuple[int, int], int] = field(default_factory=dict)
+    _cached_tokens: dict[int, int] = field(default_factory=dict)  # per prompt: largest hit
     _done: bool = False
 
     @property
     def completion_tokens(self) -> int:
         return sum(self._output_tokens.values())
 
+    @property
+    def cached_tokens(self) -> int:
+        return sum(self._cached_tokens.values())
+
     def on_event(self, prompt_index: int, ev: SampleEvent, now: float) -> None:
         key = (prompt_index, ev.index)
         self._output_tokens[key] = ev.num_output_tokens
+        if ev.num_cached_tokens is not None:
+            best = self._cached_tokens.get(prompt_index, 0)
+            self._cached_tokens[prompt_index] = max(best, ev.num_cached_tokens)
         n = len(ev.token_ids)
         if n == 0:
             return
@@ -68,8 +76,8 @@ class RequestTrace:
         now = time.monotonic()
         ttft = None if self.first_token_at is None else self.first_token_at - self.start
         metrics.observe_request(
-            self.endpoint, status, self.prompt_tokens, self.completion_tokens, ttft,
-            self.gaps_s, now - self.start,
+            self.endpoint, status, self.prompt_tokens, self.cached_tokens, self.completion_tokens,
+            ttft, self.gaps_s, now - self.start,
         )  # fmt: skip
         line = {
             "event": "request_done",
@@ -77,6 +85,7 @@ class RequestTrace:
             "endpoint": self.endpoint,
             "status": status,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
             "completion_tokens": self.completion_tokens,
             "ttft_s": None if ttft is None else round(ttft, 6),
             "total_s": round(now - self.start, 6),

@@ -64,6 +64,26 @@ async def _merge(streams: list[Samples], n: int) -> AsyncIterator[tuple[int, Sam
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class _UsageCounter:
+    """`usage` of a response with `n` choices per prompt: output tokens per choice; cached
+    prompt tokens per prompt (its samples share the prompt, so the largest hit counts)."""
+
+    def __init__(self, prompt_lens: list[int], n: int) -> None:
+        self.prompt_lens = prompt_lens
+        self.n = n
+        self.used = [0] * (len(prompt_lens) * n)
+        self.cached = [0] * len(prompt_lens)
+
+    def add(self, choice: int, ev: SampleEvent) -> None:
+        self.used[choice] = ev.num_output_tokens
+        if ev.num_cached_tokens is not None:
+            p = choice // self.n
+            self.cached[p] = max(self.cached[p], ev.num_cached_tokens)
+
+    def usage(self) -> UsageInfo:
+        return UsageInfo.of(sum(self.prompt_lens), sum(self.used), sum(self.cached))
+
+
 def _token_text(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
@@ -102,7 +122,7 @@ async def completion_response(
     n = req.n
     texts = [""] * (len(prompts) * n)
     finish: list[Any] = [None] * len(texts)
-    used = [0] * len(texts)
+    counter = _UsageCounter([len(p) for p in prompts], n)
     logprobs = [CompletionLogprobs() if req.logprobs is not None else None for _ in texts]
     async for i, ev in _merge(streams, n):
         if logprobs[i] is not None:
@@ -110,7 +130,7 @@ async def completion_response(
             for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
                 getattr(logprobs[i], key).extend(getattr(part, key))
         texts[i] += ev.text
-        used[i] = ev.num_output_tokens
+        counter.add(i, ev)
         finish[i] = ev.finish_reason or finish[i]
     if req.echo:
         texts = [tokenizer.decode(prompts[i // n]) + t for i, t in enumerate(texts)]
@@ -118,8 +138,7 @@ async def completion_response(
         CompletionChoice(index=i, text=t, logprobs=logprobs[i], finish_reason=finish[i])
         for i, t in enumerate(texts)
     ]
-    usage = UsageInfo.of(sum(len(p) for p in prompts), sum(used))
-    return Completion(id=response_id, model=model, choices=choices, usage=usage)
+    return Completion(id=response_id, model=model, choices=choices, usage=counter.usage())
 
 
 async def completion_chunks(
@@ -128,24 +147,23 @@ async def completion_chunks(
 ) -> AsyncIterator[str]:  # fmt: skip
     cid, created, n = response_id, int(time.time()), req.n
     usage_field: dict[str, Any] = {"usage": None} if req.include_usage() else {}
-    used = [0] * (len(prompts) * n)
+    counter = _UsageCounter([len(p) for p in prompts], n)
     if req.echo:
-        for i in range(len(used)):
+        for i in range(len(counter.used)):
             text = tokenizer.decode(prompts[i // n])
             choice = CompletionChoice(index=i, text=text)
             yield sse_event(CompletionChunk(id=cid, created=created, model=model,
                                             choices=[choice], **usage_field))  # fmt: skip
     async for i, ev in _merge(streams, n):
-        used[i] = ev.num_output_tokens
+        counter.add(i, ev)
         lp = _completion_logprobs(ev, tokenizer, 0) if req.logprobs is not None else None
         choice = CompletionChoice(index=i, text=ev.text, logprobs=lp,
                                   finish_reason=ev.finish_reason)  # fmt: skip
         yield sse_event(CompletionChunk(id=cid, created=created, model=model, choices=[choice],
                                         **usage_field))  # fmt: skip
     if req.include_usage():
-        usage = UsageInfo.of(sum(len(p) for p in prompts), sum(used))
         yield sse_event(CompletionChunk(id=cid, created=created, model=model, choices=[],
-                                        usage=usage))  # fmt: skip
+                                        usage=counter.usage()))  # fmt: skip
 
 
 # ---- chat -----------------------------------------------------------------------------------
@@ -156,12 +174,13 @@ async def chat_response(
     response_id: str,
 ) -> ChatCompletion:  # fmt: skip
     n = req.n
-    texts, finish, used = [""] * n, [None] * n, [0] * n
+    texts, finish = [""] * n, [None] * n
+    counter = _UsageCounter([len(prompt)], n)
     content: list[list[TokenLogprob]] = [[] for _ in range(n)]
     async for i, ev in _merge([stream], n):
         texts[i] += ev.text
         finish[i] = ev.finish_reason or finish[i]
-        used[i] = ev.num_output_tokens
+        counter.add(i, ev)
         if req.logprobs:
             content[i].extend(_chat_logprobs(ev, tokenizer).content or [])
     choices = [
@@ -173,8 +192,7 @@ async def chat_response(
         )
         for i in range(n)
     ]
-    usage = UsageInfo.of(len(prompt), sum(used))
-    return ChatCompletion(id=response_id, model=model, choices=choices, usage=usage)
+    return ChatCompletion(id=response_id, model=model, choices=choices, usage=counter.usage())
 
 
 async def chat_chunks(
@@ -190,14 +208,13 @@ async def chat_chunks(
 
     for i in range(n):
         yield chunk(ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")))
-    used = [0] * n
+    counter = _UsageCounter([len(prompt)], n)
     async for i, ev in _merge([stream], n):
-        used[i] = ev.num_output_tokens
+        counter.add(i, ev)
         lp = _chat_logprobs(ev, tokenizer) if req.logprobs else None
         delta = DeltaMessage(content=ev.text) if ev.text else DeltaMessage()
         yield chunk(ChatChunkChoice(index=i, delta=delta, logprobs=lp,
                                     finish_reason=ev.finish_reason))  # fmt: skip
     if req.include_usage():
-        usage = UsageInfo.of(len(prompt), sum(used))
         yield sse_event(ChatCompletionChunk(id=cid, created=created, model=model, choices=[],
-                                            usage=usage))  # fmt: skip
+                                            usage=counter.usage()))  # fmt: skip

@@ -6,6 +6,8 @@ import os
 
 # Triton kernels run in the interpreter on this CPU-only machine; must be set before import.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Ray on loopback only: without this, Ray swaps 127.0.0.1 for the machine's address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -54,7 +56,7 @@ def live_server(tiny_models: dict[str, Path]) -> Iterator[LiveServer]:
     model_dir = str(tiny_models["llama"])
     server = LiveServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/guarded", "tiny",
                         "sk-test-key", 100_000)  # fmt: skip
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = {"model": model_dir, "served_model_name": server.model, "dtype": "float32",
               "max_model_len": 256}  # fmt: skip

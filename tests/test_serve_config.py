@@ -28,3 +28,8 @@ def test_app_args_are_typed_and_unknown_keys_refused() -> None:
     assert config.engine == {"max_model_len": 512} and config.api_key == "k"
     with pytest.raises(ValueError, match="unknown application argument 'max_len'"):
         app_config_from_args({"max_len": "5"})
+    for text, expected in (("false", False), ("True", True), ("0", False), (True, True)):
+        config = app_config_from_args({"enable_prefix_caching": text})
+        assert config.engine == {"enable_prefix_caching": expected}
+    with pytest.raises(ValueError, match="expected a boolean"):
+        app_config_from_args({"enable_prefix_caching": "maybe"})

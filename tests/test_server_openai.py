@@ -109,14 +109,25 @@ def test_errors_are_openai_json_and_server_keeps_serving(server: str) -> None:
 
 
 def test_disconnect_mid_stream_frees_slots(server: str) -> None:
+    """Hanging up mid-stream aborts the request in the engine (its metrics status is 499)."""
+    from .test_server_ops import sample, scrape
+
     body = {"model": MODEL, "prompt": "long", "max_tokens": 200, "stream": True,
             "extra": 1, "ignore_eos": True}  # fmt: skip
+    before = scrape(server)
     for _ in range(3):
         with httpx.stream("POST", server + "/v1/completions", json=body, timeout=30) as r:
             lines = r.iter_lines()
             next(lines)
             next(lines)  # two events in, then hang up
     assert kv_slots_used() == 0
+    time.sleep(0.2)
+    after = scrape(server)
+    labels = {"endpoint": "completions", "status": "499"}
+    closed = sample(after, "raylight_requests_total", **labels)
+    assert closed - sample(before, "raylight_requests_total", **labels) == 3
+    tokens = sample(after, "raylight_generation_tokens_total")
+    assert tokens - sample(before, "raylight_generation_tokens_total") < 3 * 200
 
 
 def test_32_concurrent_streams_equal_sequential(server: str, client: openai.OpenAI) -> None:

@@ -3,6 +3,7 @@ queue limits. Oracles: HF's tokenizer for token ids, the engine's own load repor
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -21,12 +22,10 @@ def engine_load(app: str):  # noqa: ANN201 - a LoadReport
     return serve.get_deployment_handle("engine-0", app).load.remote().result()
 
 
-def settled_kv_used(app: str) -> int:
-    for _ in range(50):
-        used = engine_load(app).kv_slots_used
-        if used == 0:
-            return 0
-        time.sleep(0.1)
+def settled_kv_used(app: str, within_s: float = 5.0) -> int:
+    deadline = time.monotonic() + within_s
+    while (used := engine_load(app).kv_slots_used) != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
     return used
 
 
@@ -165,16 +164,45 @@ def test_full_queue_gets_503_and_frees_everything(live_server: LiveServer) -> No
             "stream": True}  # fmt: skip
     with httpx.Client(timeout=60, headers=headers) as client:
         with client.stream("POST", f"{url}/v1/completions", json=long) as running:
-            next(running.iter_lines())  # first event: this one holds the only sequence
+            # Keep the line iterator: dropping it closes the connection (a disconnect).
+            lines = running.iter_lines()
+            next(lines)  # first event: this one holds the only sequence
             with client.stream("POST", f"{url}/v1/completions", json=long) as queued:
                 assert queued.status_code == 200  # accepted into the queue
+                assert engine_load("guarded").num_waiting == 1
                 r = client.post(f"{url}/v1/completions", json={**long, "stream": False})
                 assert r.status_code == 503, r.text
                 assert set(r.json()["error"]) == {"message", "type", "param", "code"}
                 r = client.post(f"{url}/v1/completions", json=long)  # streaming too, before 200
                 assert r.status_code == 503
-        assert settled_kv_used("guarded") == 0
-        assert engine_load("guarded").num_waiting == 0
+        # Aborted, not finished: 2 x 2000 tokens would take seconds more.
+        assert settled_kv_used("guarded", within_s=1.0) == 0
+        load = engine_load("guarded")
+        assert load.num_waiting == 0 and load.num_running == 0
         r = client.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x",
                                                        "max_tokens": 2})  # fmt: skip
         assert r.status_code == 200
+
+
+def test_usage_reports_prefix_cache_hits(live_server: LiveServer) -> None:
+    """A conversation's next turn re-sends its history: all of it but the last token is cached."""
+    url = live_server.url
+    first = [{"role": "user", "content": "remember the number 4711 and tell me a story"}]
+    body = {"model": "tiny", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    r1 = httpx.post(f"{url}/v1/chat/completions", json={**body, "messages": first}, timeout=30)
+    answer = r1.json()["choices"][0]["message"]["content"]
+    second = first + [{"role": "assistant", "content": answer},
+                      {"role": "user", "content": "and again?"}]  # fmt: skip
+    r2 = httpx.post(f"{url}/v1/chat/completions", json={**body, "messages": second}, timeout=30)
+    usage1, usage2 = r1.json()["usage"], r2.json()["usage"]
+    assert usage1["prompt_tokens_details"]["cached_tokens"] < usage1["prompt_tokens"]
+    history = len(httpx.post(f"{url}/tokenize", json={"messages": first}).json()["tokens"])
+    assert usage2["prompt_tokens_details"]["cached_tokens"] >= history  # the whole first turn
+    r3 = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                    json={**body, "messages": second, "stream": True,
+                          "stream_options": {"include_usage": True}})  # fmt: skip
+    events = [json.loads(line[6:]) for line in r3.text.splitlines()
+              if line.startswith("data: {")]  # fmt: skip
+    usage3 = events[-1]["usage"]  # the same prompt again: all but its last token are cached
+    assert usage3["prompt_tokens_details"]["cached_tokens"] == usage3["prompt_tokens"] - 1
+    assert settled_kv_used("raylight") == 0
