@@ -102,9 +102,10 @@ def test_padded_lane_and_strided_q_out() -> None:
 
 def test_choose_num_splits() -> None:
     assert choose_num_splits(1, 8, 100, 132) == 1  # short context: one split
-    assert choose_num_splits(1, 8, 32768, 132) == 64  # one long request: many splits
+    assert choose_num_splits(1, 8, 32768, 132) >= 16  # one long request: many splits
     assert choose_num_splits(512, 8, 4096, 132) == 1  # big batch fills the GPU already
-    assert 1 < choose_num_splits(64, 8, 4096, 132) <= 16
+    assert choose_num_splits(64, 8, 4096, 132) == 1  # measured best on an H100
+    assert choose_num_splits(1, 8, 1024, 132) == 2
 
 
 def test_errors() -> None:

@@ -58,14 +58,19 @@ def _compile_all() -> list[dict]:
         rotary,
     )
 
-    bm, bn, warps, stages = prefill_attention.choose_blocks(128, 16384, interp=False)
-    prefill = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
-                   PRECISION="tf32")  # fmt: skip
+    def prefill(max_q_len: int) -> dict:
+        bm, bn, warps, stages = prefill_attention.choose_blocks(128, max_q_len, interp=False)
+        consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
+                      PRECISION="tf32")  # fmt: skip
+        return _compile(prefill_attention._prefill_kernel, IDX, consts, warps, stages)
+
+    long_prefill = {**prefill(16384), "name": "_prefill_kernel_long"}
     stage1 = dict(BLOCK_G=16, BLOCK_N=64, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
                   PRECISION="tf32", NUM_STAGES=3)  # fmt: skip
     mid = {"mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
     return [
-        _compile(prefill_attention._prefill_kernel, IDX, prefill, warps, stages),
+        prefill(4096),
+        long_prefill,
         _compile(decode_attention._decode_stage1, {**IDX, **mid}, stage1, 4, 3),
         _compile(decode_attention._decode_stage2, mid, dict(BLOCK_S=8, BLOCK_D=128), 4, 1),
         _compile(rmsnorm._rmsnorm_kernel, {}, dict(HAS_RESIDUAL=True, BLOCK=8192), 16, 1),
@@ -88,7 +93,12 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 7
+    assert len(results) == 8
+    # The 16k-token prefill tiles (128 x 64, 4 warps) spill a little but measured faster on an
+    # H100 than the spill-free 128 x 128 / 8 warps (50% vs 47% of the GEMM rate): bound it.
+    long = results.pop("_prefill_kernel_long")
+    stack = int(long["usage"][0].split("STACK:")[1].split()[0])
+    assert stack <= 512 and long["wgmma"] and long["cp_async"], long
     for r in results.values():
         assert r["usage"] and all("STACK:0 " in u and "LOCAL:0 " in u for u in r["usage"]), r
     assert results["_prefill_kernel"]["wgmma"] and results["_prefill_kernel"]["cp_async"]

@@ -1,0 +1,119 @@
+"""Tile / split sweep of the attention kernels on a GPU: which launch settings reach the highest
+fraction of the ceilings measured in the same run. Used to set the launchers' heuristics.
+
+    TRITON_INTERPRET=0 python -m raylight.benchmarks.kernel_sweep [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import raylight.kernels.prefill_attention as prefill_mod
+from raylight.kernels.decode_attention import choose_num_splits, decode_attention, num_sms
+
+HEADS, KV_HEADS, D = 32, 8, 128  # Llama-3.1-8B attention
+
+
+def time_ms(fn: Callable[[], object], reps: int = 10) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[reps // 2]
+
+
+def ceilings() -> dict[str, float]:
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_ms = time_ms(lambda: dst.copy_(src))
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    gemm_ms = time_ms(lambda: a @ a)
+    return {"copy_bytes_per_s": 2 * 2**30 / (copy_ms / 1e3),
+            "gemm_flops_per_s": 2 * 8192**3 / (gemm_ms / 1e3)}  # fmt: skip
+
+
+def prefill_sweep(t: int, gemm: float) -> list[dict]:
+    dev, dtype = "cuda", torch.bfloat16
+    k = torch.randn(t + 1, KV_HEADS, D, device=dev, dtype=dtype)
+    v = torch.randn_like(k)
+    r2t = (torch.randperm(t, device=dev) + 1).int()[None]
+    q = torch.randn(t, HEADS, D, device=dev, dtype=dtype)
+    args = dict(req_to_token=r2t, req_rows=torch.zeros(1, dtype=torch.int64, device=dev),
+                cu_seqlens_q=torch.tensor([0, t], device=dev),
+                seq_lens_kv=torch.tensor([t], device=dev), max_q_len=t, scale=0.08)  # fmt: skip
+    flops = 2 * t * t * D * HEADS  # causal: half of 4 * t^2 * d per head
+    original = prefill_mod.choose_blocks
+    rows = []
+    for bm, bn, warps, stages in [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3),
+                                  (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
+                                  (64, 128, 4, 3), (128, 64, 8, 4)]:  # fmt: skip
+        prefill_mod.choose_blocks = lambda *_a, c=(bm, bn, warps, stages): c
+        try:
+            ms = time_ms(lambda: prefill_mod.prefill_attention(q, k, v, **args))
+            rows.append({"t": t, "blocks": [bm, bn, warps, stages], "ms": ms,
+                         "flops_frac": flops / (ms / 1e3) / gemm})  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile
+            rows.append({"t": t, "blocks": [bm, bn, warps, stages], "error": repr(exc)[:200]})
+        finally:
+            prefill_mod.choose_blocks = original
+        print(rows[-1], flush=True)
+    return rows
+
+
+def decode_sweep(batch: int, ctx: int, copy: float) -> list[dict]:
+    dev, dtype = "cuda", torch.bfloat16
+    slots = batch * ctx + 1
+    k = torch.randn(slots, KV_HEADS, D, device=dev, dtype=dtype)
+    v = torch.randn_like(k)
+    r2t = (torch.randperm(slots - 1, device=dev) + 1).int().view(batch, ctx)
+    rows_t = torch.arange(batch, device=dev)
+    lens = torch.full((batch,), ctx, device=dev)
+    q = torch.randn(batch, HEADS, D, device=dev, dtype=dtype)
+    kv_bytes = 2 * k.numel() * k.element_size()
+    chosen = choose_num_splits(batch, KV_HEADS, ctx, num_sms(q.device))
+    out = []
+    for splits in sorted({1, 2, 4, 8, 16, 32, 64, chosen}):
+        if splits > max(1, ctx // 64):
+            continue
+        ms = time_ms(lambda s=splits: decode_attention(q, k, v, r2t, rows_t, lens, ctx, 0.08,
+                                                       num_splits=s))  # fmt: skip
+        out.append({"batch": batch, "ctx": ctx, "splits": splits, "chosen": splits == chosen,
+                    "ms": ms, "bw_frac": kv_bytes / (ms / 1e3) / copy})  # fmt: skip
+        print(out[-1], flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    ceil = ceilings()
+    print(ceil, flush=True)
+    result = {"device": torch.cuda.get_device_name(), "ceilings": ceil, "prefill": [],
+              "decode": [], "command": " ".join(sys.argv)}  # fmt: skip
+    for t in (4096, 16384):
+        result["prefill"] += prefill_sweep(t, ceil["gemm_flops_per_s"])
+    for batch in (1, 64, 256):
+        for ctx in (1024, 4096, 16384):
+            if batch * ctx <= 256 * 4096:
+                result["decode"] += decode_sweep(batch, ctx, ceil["copy_bytes_per_s"])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
