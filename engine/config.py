@@ -29,8 +29,15 @@ class EngineOptions:
     num_kv_slots: int | None = None
     cpu_kv_cache_tokens: int = 32768
     gpu_memory_utilization: float = 0.9
-    attention_backend: str = "torch"
+    # "auto": "triton" on CUDA, "torch" elsewhere; "triton" on CPU runs in the interpreter.
+    attention_backend: str = "auto"
     admission_policy: str = "conservative"
+    # Triton RMSNorm(+residual), rotary and SiLU-and-mul in the layers. None: on CUDA only.
+    fused_kernels: bool | None = None
+    # Run every step eagerly: no CUDA graphs for decode batches.
+    enforce_eager: bool = False
+    # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
+    cuda_graph_max_batch: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +63,10 @@ class EngineConfig:
     attention_backend: str
     seed: int
     enable_prefix_caching: bool = False  # resolve_engine_config copies EngineOptions' (True)
+    fused_kernels: bool = False
+    # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
+    enforce_eager: bool = False
+    cuda_graph_max_batch: int = 256
 
 
 def resolve_engine_config(
@@ -77,6 +88,8 @@ def resolve_engine_config(
         )
     if options.max_num_seqs < 1 or options.max_num_batched_tokens < 1:
         raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
+    if options.cuda_graph_max_batch < 1:
+        raise ValueError("cuda_graph_max_batch must be at least 1 (use enforce_eager to disable)")
     if arch.num_heads % options.tensor_parallel_size or (
         arch.num_kv_heads % options.tensor_parallel_size
         and options.tensor_parallel_size % arch.num_kv_heads
@@ -107,10 +120,28 @@ def resolve_engine_config(
         tensor_parallel_size=options.tensor_parallel_size,
         num_kv_slots=num_slots,
         gpu_memory_utilization=options.gpu_memory_utilization,
-        attention_backend=options.attention_backend,
+        attention_backend=_resolve_attention_backend(options.attention_backend, device),
         seed=options.seed,
         enable_prefix_caching=options.enable_prefix_caching,
+        fused_kernels=(
+            device.type == "cuda" if options.fused_kernels is None else options.fused_kernels
+        ),
+        enforce_eager=options.enforce_eager,
+        cuda_graph_max_batch=options.cuda_graph_max_batch,
     )
+
+
+_ATTENTION_BACKENDS = ("torch", "triton")
+
+
+def _resolve_attention_backend(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if name not in _ATTENTION_BACKENDS:
+        raise ValueError(
+            f"attention_backend must be auto or one of {list(_ATTENTION_BACKENDS)}, got {name!r}"
+        )
+    return name
 
 
 def _resolve_dtype(name: str, arch: ModelArchConfig, device: torch.device) -> torch.dtype:

@@ -6,20 +6,24 @@ host never waits on the device except to copy out the sampled ids (and requested
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
-from raylight.engine.attention.backend import AttentionBackend, AttentionMetadata
-from raylight.engine.attention.torch_backend import TorchAttentionBackend
+from raylight.engine.attention.backend import AttentionMetadata
+from raylight.engine.attention.registry import make_attention_backend
 from raylight.engine.batch import Batch, TokenLogprobs
 from raylight.engine.config import EngineConfig
+from raylight.engine.cuda_graphs import DecodeGraphs, write_table
 from raylight.engine.host_to_device import HostToDevice
+from raylight.engine.kv_sizing import MemoryProfile, profile_kv_bytes
 from raylight.engine.layers.attention import ForwardContext
+from raylight.engine.layers.fused import use_fused_kernels
 from raylight.engine.models.registry import model_class
 from raylight.engine.parallel import TPGroup
 from raylight.engine.sampler import Sampler, SamplerOutput
-from raylight.engine.sampling_inputs import build_sampling_inputs
+from raylight.engine.sampling_inputs import build_sampling_inputs, needs_only_argmax
 from raylight.engine.weights import iter_weights
 
 
@@ -28,12 +32,6 @@ class StepResult:
     token_ids: list[int]  # one per sampling request, in batch.sample_indices order
     logprobs: list[TokenLogprobs | None] | None  # None when no request asked for logprobs
     logits: torch.Tensor | None = None  # [S, vocab], only when asked for (tests compare them)
-
-
-def make_attention_backend(name: str) -> AttentionBackend:
-    if name == "torch":
-        return TorchAttentionBackend()
-    raise ValueError(f"unknown attention backend {name!r} (available: torch)")
 
 
 class ModelRunner:
@@ -45,7 +43,10 @@ class ModelRunner:
         model: torch.nn.Module | None = None,
     ) -> None:
         """Builds the model and loads its weights from `config.model_dir`, unless `model` is
-        given (benchmarks pass a stand-in with the same `forward` / `compute_logits`)."""
+        given (benchmarks pass a stand-in with the same `forward` / `compute_logits`).
+
+        On CUDA without `num_kv_slots`: profile steps, then the KV pool from what is left, then
+        the decode CUDA graphs (see kv_sizing.py and cuda_graphs.py)."""
         self.config = config
         self.device = config.device
         arch = config.arch
@@ -56,10 +57,14 @@ class ModelRunner:
                     arch, tp, config.dtype, max_positions=sched.max_model_len
                 )
             model.load_weights(iter_weights(config.model_dir, self.device, progress))
+        use_fused_kernels(model, config.fused_kernels)
         self.model = model.eval()
-        slots = config.num_kv_slots or self._slots_from_free_memory(tp)
-        self.num_slots = tp.min_int(slots, self.device)
+        self.backend = make_attention_backend(config.attention_backend)
+        graph_batch = self._graph_max_batch(tp)
         kv_heads_local = max(1, arch.num_kv_heads // tp.size)
+        self.memory_profile: MemoryProfile | None = None  # set when sized from free memory
+        slots = config.num_kv_slots or self._slots_from_free_memory(kv_heads_local, graph_batch)
+        self.num_slots = tp.min_int(slots, self.device)
         shape = (self.num_slots, kv_heads_local, arch.head_dim)
         self.k_caches = [
             torch.zeros(shape, dtype=config.dtype, device=self.device)
@@ -69,23 +74,36 @@ class ModelRunner:
         self.req_to_token = torch.zeros(
             (sched.max_num_seqs + 1, sched.max_model_len), dtype=torch.int32, device=self.device
         )
-        self.backend = make_attention_backend(config.attention_backend)
         self.uploader = HostToDevice(self.device)
         self.sampler = Sampler()
+        self.graphs: DecodeGraphs | None = None
+        if graph_batch > 0:
+            self.graphs = DecodeGraphs(self.model, self.backend, self.k_caches, self.v_caches,
+                                       self.req_to_token, graph_batch)  # fmt: skip
+            with torch.inference_mode():
+                self.graphs.capture()
 
-    def _slots_from_free_memory(self, tp: TPGroup) -> int:
-        free, _total = torch.cuda.mem_get_info(self.device)
+    def _graph_max_batch(self, tp: TPGroup) -> int:
+        """The largest decode batch to capture; 0 = no graphs: eager mode, not CUDA, a backend
+        that cannot be captured, the Triton interpreter (it copies through the host), or tensor
+        parallelism (collectives are not captured yet)."""
+        c = self.config
+        capturable = getattr(self.backend, "supports_cuda_graphs", False)
+        capturable = capturable and os.environ.get("TRITON_INTERPRET", "0") != "1"
+        if c.enforce_eager or self.device.type != "cuda" or not capturable or tp.size > 1:
+            return 0
+        return min(c.cuda_graph_max_batch, c.scheduler.max_num_seqs)
+
+    def _slots_from_free_memory(self, kv_heads_local: int, graph_batch: int) -> int:
         arch = self.config.arch
-        kv_heads_local = max(1, arch.num_kv_heads // tp.size)
-        item = self.config.dtype.itemsize
-        bytes_per_slot = 2 * arch.num_layers * kv_heads_local * arch.head_dim * item
-        # Leave room for activations: the largest step's logits and hidden states, doubled.
-        sched = self.config.scheduler
-        activations = 4 * sched.max_num_batched_tokens * (
-            arch.vocab_size + 8 * arch.intermediate_size
-        )
-        usable = free * self.config.gpu_memory_utilization - activations
-        return max(int(usable // bytes_per_slot), sched.max_model_len + 1)
+        with torch.inference_mode():
+            prof = profile_kv_bytes(self.config, self.model, self.backend, kv_heads_local,
+                                    graph_batch)  # fmt: skip
+        self.memory_profile = prof
+        bytes_per_slot = 2 * arch.num_layers * kv_heads_local * arch.head_dim
+        bytes_per_slot *= self.config.dtype.itemsize
+        # Never below one full-length request (+ the dummy slot): the engine must run at all.
+        return max(int(prof.kv_bytes // bytes_per_slot), self.config.scheduler.max_model_len + 1)
 
     @torch.inference_mode()
     def execute(self, batch: Batch, keep_logits: bool = False) -> StepResult:
@@ -93,16 +111,38 @@ class ModelRunner:
         if logits is None:
             return StepResult([], None)
         requests = batch.sampling_requests
-        inputs = build_sampling_inputs(requests, self.config.arch.vocab_size, self.device)
-        result = _step_result(self.sampler(logits, inputs), requests)
+        if needs_only_argmax(requests):
+            # Greedy, no logprobs/penalties/bans: no sampling tensors, one copy of the ids.
+            result = StepResult(logits.argmax(dim=-1).cpu().tolist(), None)
+        else:
+            inputs = build_sampling_inputs(requests, self.config.arch.vocab_size, self.device)
+            result = _step_result(self.sampler(logits, inputs), requests)
         if keep_logits:
             result.logits = logits.float().cpu()
         return result
 
     @torch.inference_mode()
-    def forward(self, batch: Batch) -> torch.Tensor | None:
+    def forward(self, batch: Batch, eager: bool = False) -> torch.Tensor | None:
         """Runs the model; returns the logits [S, vocab] of the sampling requests (None if no
-        request samples). Every tensor-parallel rank calls this with the same batch."""
+        request samples). Every tensor-parallel rank calls this with the same batch.
+        Decode-only batches within the largest bucket replay a CUDA graph unless `eager`."""
+        if not eager and self.graphs is not None and self.graphs.can_run(batch):
+            return self._forward_graph(batch)
+        return self._forward_eager(batch)
+
+    def _forward_graph(self, batch: Batch) -> torch.Tensor:
+        b = batch
+        if b.table_rows.shape[0]:
+            # Entries the scheduler wrote without computing them (prefix cache): before attention.
+            t_rows, t_positions, t_slots = self.uploader.upload(
+                [b.table_rows, b.table_positions, b.table_slots]
+            )
+            write_table(self.req_to_token, t_rows, t_positions, t_slots)
+        assert self.graphs is not None
+        hidden = self.graphs.run(batch)  # [B, hidden]: every request samples, in batch order
+        return self.model.compute_logits(hidden)
+
+    def _forward_eager(self, batch: Batch) -> torch.Tensor | None:
         b = batch
         arrays = [b.input_ids, b.positions, b.out_slots, b.token_rows,
                   b.cu_seqlens_q, b.seq_lens_kv, b.req_rows, b.logits_indices,
@@ -112,8 +152,8 @@ class ModelRunner:
         # The scheduler wrote these entries into its host table; mirror them on the device.
         # Cached-prefix entries and new-token entries never share a (row, position).
         if b.table_rows.shape[0]:
-            self.req_to_token[t_rows, t_positions] = t_slots.to(torch.int32)
-        self.req_to_token[token_rows, positions] = out_slots.to(torch.int32)
+            write_table(self.req_to_token, t_rows, t_positions, t_slots)
+        write_table(self.req_to_token, token_rows, positions, out_slots)
         meta = AttentionMetadata(
             cu_seqlens_q=cu_q,
             seq_lens_kv=kv_lens,
@@ -128,6 +168,7 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, ctx)
         if len(batch.sample_indices) == 0:
             return None
+        # Only the sampling rows go through the LM head.
         return self.model.compute_logits(hidden[logits_idx])
 
 

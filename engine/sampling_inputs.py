@@ -107,6 +107,22 @@ def build_sampling_inputs(
     )
 
 
+def needs_only_argmax(requests: Sequence[Request]) -> bool:
+    """True when the sampled ids are the argmax of the raw logits for every row: all greedy,
+    no logprobs, no penalties, no min_tokens ban still active. The runner then skips
+    `build_sampling_inputs` and the sampler (no host-to-device copies at all)."""
+    for r in requests:
+        p = r.params
+        if (
+            p.temperature >= GREEDY_TEMPERATURE
+            or p.logprobs is not None
+            or p.uses_penalties
+            or p.min_tokens > len(r.output_token_ids)
+        ):
+            return False
+    return True
+
+
 def _append_if_used(rows: list[list[float]], values: list[float], neutral: float) -> int:
     """Append `values` as a new row unless all are `neutral`; return its index or -1."""
     if min(values, default=neutral) == neutral == max(values, default=neutral):

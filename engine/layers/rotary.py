@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from raylight.engine.model_config import RopeConfig
+from raylight.kernels.rotary import rotary_embedding
 
 
 def rope_inv_freq(head_dim: int, rope: RopeConfig) -> torch.Tensor:
@@ -31,6 +32,11 @@ def rope_inv_freq(head_dim: int, rope: RopeConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
+    """`fused = True` (set by the model runner) rotates q and k in one Triton kernel with fp32
+    math (the torch path computes in the input dtype; the two agree exactly in float32)."""
+
+    fused: bool = False
+
     def __init__(self, head_dim: int, rope: RopeConfig, max_positions: int) -> None:
         super().__init__()
         inv_freq = rope_inv_freq(head_dim, rope)
@@ -43,6 +49,9 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [T]; q: [T, Hq, D]; k: [T, Hk, D]
+        if self.fused and q.stride(-1) == 1 and k.stride(-1) == 1 and q.dtype == k.dtype:
+            # New tensors (not in place): q and k may be views of the fused qkv output.
+            return rotary_embedding(positions, q, k, self.cos, self.sin)
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from raylight.engine.errors import ModelDirectoryError
-from raylight.engine.layers.activation import silu_and_mul
+from raylight.engine.layers.activation import SiluAndMul
 from raylight.engine.layers.attention import Attention, ForwardContext
 from raylight.engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from raylight.engine.layers.linear import (
@@ -55,9 +55,10 @@ class LlamaMLP(nn.Module):
             cfg.hidden_size, [inter, inter], cfg.mlp_bias, tp, dtype
         )
         self.down_proj = RowParallelLinear(inter, cfg.hidden_size, cfg.mlp_bias, tp, dtype)
+        self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):

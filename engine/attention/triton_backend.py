@@ -1,0 +1,58 @@
+"""Attention over the token-level KV pool with the Triton kernels of `raylight.kernels`.
+
+- store_kv: one scatter kernel for K and V (`kv_store`); slot 0 may repeat (padded lanes).
+- decode-only batches: split-K `decode_attention`. The split count is a pure function of
+  (batch, kv_heads, meta.max_kv_len, SM count), all Python ints, so a CUDA graph captured with
+  `max_kv_len = max_model_len` stays correct for every real length <= max_model_len.
+- any batch with a prefill chunk (mixed prefill + decode included): `prefill_attention`, which
+  reads cached prefixes and earlier chunks through req_to_token and treats decode rows as
+  q_len = 1 requests.
+
+On CPU the kernels run in the Triton interpreter (TRITON_INTERPRET=1): slow, for tests only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from raylight.engine.attention.backend import AttentionMetadata
+from raylight.kernels.decode_attention import decode_attention
+from raylight.kernels.kv_store import store_kv
+from raylight.kernels.prefill_attention import prefill_attention
+
+
+class TritonAttentionBackend:
+    # Decode steps launch a fixed grid from Python ints and allocate only through torch:
+    # safe to capture in a CUDA graph.
+    supports_cuda_graphs = True
+
+    def store_kv(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> None:
+        # k, v: [T, kv_heads, D] -> caches [slots, kv_heads, D] at meta.out_slots [T]
+        store_kv(k, v, k_cache, v_cache, meta.out_slots)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        # q: [T, heads, D] -> [T, heads, D]
+        if meta.decode_only:
+            # One query per request: q's token dim is the batch dim.
+            return decode_attention(
+                q, k_cache, v_cache, meta.req_to_token, meta.req_rows, meta.seq_lens_kv,
+                max(1, meta.max_kv_len), scale,
+            )  # fmt: skip
+        return prefill_attention(
+            q, k_cache, v_cache, meta.req_to_token, meta.req_rows, meta.cu_seqlens_q,
+            meta.seq_lens_kv, meta.max_q_len, scale,
+        )  # fmt: skip
