@@ -9,6 +9,8 @@ set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
 export PYTHONPATH=/tmp/rl:${PYTHONPATH:-}
+# Real Triton kernels on the GPU (tests/conftest.py defaults to the interpreter otherwise).
+export TRITON_INTERPRET=0
 mkdir -p /tmp/rl && ln -sfn "$PWD" /tmp/rl/raylight   # the checkout is the `raylight` package
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', \
@@ -18,8 +20,17 @@ python3 -m pytest -q -p no:cacheprovider tests/test_engine_hf.py tests/test_llm_
   tests/test_async_engine.py tests/test_sampler.py -k "not tensor_parallel" \
   2>&1 | tail -5 | tee "$out/pytest.txt"
 
+# The GPU-only tests: CUDA-graph decode vs eager, Triton vs torch path, KV sizing; the Triton
+# backend's CPU tests run on the GPU too.
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_graphs.py \
+  2>&1 | tail -15 | tee "$out/pytest_gpu.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_triton_backend.py \
+  2>&1 | tail -5 | tee -a "$out/pytest_gpu.txt"
+
 python3 -m raylight.benchmarks.host_overhead --device cuda --steps 300 \
   --out "$out/host_overhead.json" 2>&1 | tail -8
+python3 -m raylight.benchmarks.host_overhead --device cuda --steps 300 --cuda-graphs \
+  --out "$out/host_overhead_graphs.json" 2>&1 | tail -8
 
 python3 - "$out" <<'PY' 2>&1 | grep -v "it/s\]" | tail -20
 import json, sys, time, torch
@@ -38,7 +49,13 @@ llm.generate("warm up", params)
 torch.cuda.synchronize(); t = time.perf_counter()
 res = llm.generate(["The capital of France is"] * 8, params)
 gen = time.perf_counter() - t
-report = {"make_model_s": made, "load_s": loaded, "kv_slots": llm.core.runner.num_slots,
+runner = llm.core.runner
+prof = getattr(runner, "memory_profile", None)
+report = {"make_model_s": made, "load_s": loaded, "kv_slots": runner.num_slots,
+          "attention_backend": llm.core.config.attention_backend,
+          "graph_buckets": runner.graphs.sizes if runner.graphs else None,
+          "graph_pool_bytes": runner.graphs.pool_bytes if runner.graphs else None,
+          "memory_profile": repr(prof),
           "gen_8x32_s": gen, "text": res[0].outputs[0].text[:80],
           "same_across_batch": len({tuple(r.outputs[0].token_ids) for r in res}) == 1}
 print(json.dumps(report, indent=1))

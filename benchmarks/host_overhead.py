@@ -47,7 +47,7 @@ class FixedLogitsModel(nn.Module):
         return self.logits.expand(hidden.shape[0], -1)
 
 
-def _config(batch: int, vocab: int, max_model_len: int, device: str) -> EngineConfig:
+def _config(batch: int, vocab: int, max_model_len: int, device: str, graphs: bool) -> EngineConfig:
     arch = ModelArchConfig(
         architecture="LlamaForCausalLM", vocab_size=vocab, hidden_size=8, intermediate_size=8,
         num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5,
@@ -59,15 +59,18 @@ def _config(batch: int, vocab: int, max_model_len: int, device: str) -> EngineCo
         model_dir=Path("."), arch=arch, dtype=torch.float32, device=torch.device(device),
         scheduler=SchedulerConfig(batch, 8192, max_model_len, "conservative"),
         tensor_parallel_size=1, num_kv_slots=batch * max_model_len + 1,
-        gpu_memory_utilization=0.9, attention_backend="torch", seed=0,
+        gpu_memory_utilization=0.9, seed=0,
+        # The stand-in model never calls attention; "triton" only makes decode graphs possible.
+        attention_backend="triton" if graphs else "torch", enforce_eager=not graphs,
+        cuda_graph_max_batch=batch,
     )  # fmt: skip
 
 
 def measure(
-    batch: int, steps: int, vocab: int, params: SamplingParams, device: str
+    batch: int, steps: int, vocab: int, params: SamplingParams, device: str, graphs: bool = False
 ) -> dict[str, float]:
     prompt_len, max_len = 16, 32 + steps
-    config = _config(batch, vocab, max_len, device)
+    config = _config(batch, vocab, max_len, device, graphs)
     runner = ModelRunner(config, SINGLE_RANK, model=FixedLogitsModel(vocab).to(device))
     allocator = SlotAllocator(runner.num_slots)
     sched = Scheduler(config.scheduler, allocator, make_policy("conservative"))
@@ -117,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where the fixed logits live")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay decode steps from CUDA graphs (cuda only), as the engine does",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cases = {
@@ -126,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, params in cases.items():
         for b in args.batch:
-            measure(b, 20, args.vocab, params, args.device)  # warm-up
-            row = measure(b, args.steps, args.vocab, params, args.device)
+            graphs = args.cuda_graphs
+            measure(b, 20, args.vocab, params, args.device, graphs)  # warm-up
+            row = measure(b, args.steps, args.vocab, params, args.device, graphs)
             rows.append({"sampling": name, **row})
     report = {
         "benchmark": "host_overhead",
@@ -136,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "vocab": args.vocab,
+        "cuda_graphs": args.cuda_graphs,
         "command": "python -m raylight.benchmarks.host_overhead "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "results": rows,
