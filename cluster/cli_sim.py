@@ -42,6 +42,23 @@ def add_sim(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-seqs", type=int, default=1024)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-prefix-cache",
+        dest="prefix_cache",
+        action="store_false",
+        help="simulate without the token-level prefix cache (on by default, as in the engine)",
+    )
+    p.add_argument(
+        "--compare-prefix-cache",
+        action="store_true",
+        help="also run every policy without the cache at the chosen rate and report hit rates "
+        "(token-level vs 16-token blocks) and TTFT with vs without it",
+    )
+    p.add_argument(
+        "--scenario",
+        default=None,
+        help="free text naming the model, GPU and pool being simulated (copied into the JSON)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object, keyed by policy")
     p.add_argument(
         "--plot",
@@ -59,7 +76,12 @@ def run_sim(args: argparse.Namespace) -> int:
     from raylight.engine.sim.sweep import SimSetup, find_miss_rate, run_policies, sweep
 
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
-    config = SimConfig(args.pool_tokens, args.max_num_seqs, args.max_num_batched_tokens)
+    config = SimConfig(
+        args.pool_tokens,
+        args.max_num_seqs,
+        args.max_num_batched_tokens,
+        prefix_cache=args.prefix_cache,
+    )
     setup = SimSetup(args.workload, args.num_requests, args.seed, config, h200_llama3_8b())
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     meta: dict[str, object] = {
@@ -69,8 +91,11 @@ def run_sim(args: argparse.Namespace) -> int:
         "pool_tokens": args.pool_tokens,
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": args.max_num_batched_tokens,
+        "prefix_cache": args.prefix_cache,
         "cost_model": _asdict(setup.cost),
     }
+    if args.scenario:
+        meta["scenario"] = args.scenario
     if args.rate is not None:
         rate, searched = args.rate, {}
         meta["rate_source"] = "--rate"
@@ -84,6 +109,12 @@ def run_sim(args: argparse.Namespace) -> int:
     if "aggressive" in policies and rate in searched:
         reports["aggressive"] = searched[rate]
     result: dict[str, object] = {p: reports[p].to_json() for p in policies}
+    if args.compare_prefix_cache:
+        from raylight.engine.sim.prefix_effect import prefix_effect
+
+        cached = reports if args.prefix_cache else None
+        effects = prefix_effect(setup, policies, rate, cached, progress)
+        meta["prefix_cache_effect"] = {p: e.to_json() for p, e in effects.items()}
     if args.sweep or args.plot:
         points = sweep(setup, policies, rate, progress=progress)
         meta["sweep"] = {

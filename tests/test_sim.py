@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -39,6 +40,7 @@ def test_hand_checked_timings(policy: str) -> None:
     # Request 1 arrives long after: the clock jumps to its arrival.
     w = hand_workload([0.5, 100.0], [20, 3], [3, 1])
     config = SimConfig(num_kv_slots=200, max_num_seqs=4, max_num_batched_tokens=8)
+    config = replace(config, prefix_cache=False)
     trace = simulate(w, policy, config, COST)
     chunks = [1 + 0.1 * 8 + 0.001 * 8, 1 + 0.1 * 8 + 0.001 * 16, 1 + 0.1 * 4 + 0.001 * 20]
     decodes = [1 + 0.01 + 0.001 * 21, 1 + 0.01 + 0.001 * 22]
@@ -55,6 +57,25 @@ def test_hand_checked_timings(policy: str) -> None:
     report = summarize(trace, rate=1.0)
     assert report.num_steps == 6 and report.preemptions == 0
     assert report.makespan_s == pytest.approx(trace.finish[1] - 0.5)
+    assert report.prefix_hit_rate == 0.0 and trace.step_kv_cached.tolist() == [0] * 6
+
+
+def test_prefix_cache_hit_shortens_the_prefill_and_is_reported() -> None:
+    # As above, with the cache: request 1's prompt (7, 7, 7) hits request 0's cached tokens,
+    # capped at 2 so that one token is computed; request 0's 22 computed tokens stay cached
+    # (evictable) after it finishes, and only the 3 slots request 1 owns or pins count as used.
+    w = hand_workload([0.5, 100.0], [20, 3], [3, 1])
+    config = SimConfig(num_kv_slots=200, max_num_seqs=4, max_num_batched_tokens=8)
+    trace = simulate(w, "aggressive", config, COST)
+    assert trace.cached_tokens.tolist() == [0, 2]
+    # One new token: costed as a decode (the work is the same).
+    assert trace.first_token[1] == pytest.approx(100.0 + 1 + 0.01 + 0.001 * 3)
+    assert trace.step_kv_used.tolist() == [8, 16, 20, 21, 22, 3]
+    assert trace.step_kv_cached.tolist() == [0, 0, 0, 0, 0, 20]
+    report = summarize(trace, rate=1.0)
+    assert report.prefix_hit_rate == pytest.approx(2 / 23)
+    assert report.prefix_hit_rate_block16 == 0.0  # a 2-token hit is no whole 16-token block
+    assert report.kv_cached_evictable_mean == pytest.approx(20 / 200 / 6)
 
 
 def test_true_lengths_are_hidden_from_admission_but_reached() -> None:
@@ -131,6 +152,8 @@ def test_cli_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
         assert {"requests_per_s", "output_tokens_per_s"} <= set(report["throughput"])
         for key in ("goodput", "goodput_tight", "preemptions", "kv_util_mean", "kv_util_p99"):
             assert key in report
+        for key in ("prefix_hit_rate", "prefix_hit_rate_block16", "kv_cached_evictable_mean"):
+            assert key in report
         assert 0.0 <= report["kv_util_mean"] <= report["kv_util_p99"] <= 1.0
 
 
@@ -143,6 +166,26 @@ def test_cli_finds_the_rate_where_aggressive_misses(capsys: pytest.CaptureFixtur
     assert search[rate] < 0.95 == out["aggressive"]["sla_attainment"] or search[rate] < 0.95
     below = [r for r in search if r < rate]
     assert below and search[max(below)] >= 0.95
+
+
+def test_cli_prefix_cache_comparison_on_multiturn(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sim", "--workload", "multiturn", "--rate", "5", "--num-requests", "300", "--json"]
+    assert main([*argv, "--quiet", "--policy", "aggressive", "--compare-prefix-cache"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    effect = out["sim"]["prefix_cache_effect"]["aggressive"]
+    # Later turns resend the whole conversation: most prompt tokens hit, at token granularity
+    # at least as many as whole blocks would, and the cache shortens time to first token.
+    assert 0.5 < effect["hit_rate_token"] <= 1.0
+    assert (
+        0.0
+        <= effect["hit_rate_difference"]
+        == pytest.approx(effect["hit_rate_token"] - effect["hit_rate_block16"])
+    )
+    assert effect["ttft_mean_s"] < effect["ttft_mean_s_no_cache"]
+    assert out["aggressive"]["prefix_hit_rate"] == effect["hit_rate_token"]
+    assert main([*argv, "--quiet", "--policy", "aggressive", "--no-prefix-cache"]) == 0
+    off = json.loads(capsys.readouterr().out)
+    assert off["aggressive"]["prefix_hit_rate"] == 0.0 and off["sim"]["prefix_cache"] is False
 
 
 @pytest.mark.slow

@@ -6,6 +6,11 @@ next arrival. Requests carry the user's max_tokens (all that admission sees); th
 each at its true length by sampling the stop token EOS as its last token, so the scheduler
 finishes it through its ordinary stop-token path and its KV accounting stays exact. Every other
 sampled token is FILLER.
+
+With the prefix cache (on by default, as in the engine) the scheduler is the engine's: hits,
+sharing of running prompts, LRU eviction, and a preempted request's recompute hitting its own
+cached tokens. KV use is recorded as the scheduler's `num_used_slots` (slots running requests own
+or pin) and, separately, the cached slots nobody pins (free to evict).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from raylight.engine.admission import PastFutureConfig, make_policy
 from raylight.engine.config import SchedulerConfig
 from raylight.engine.kv_pool import SlotAllocator
+from raylight.engine.prefix_cache import PrefixCache
 from raylight.engine.request import Request
 from raylight.engine.sampling_params import SamplingParams
 from raylight.engine.scheduler import Scheduler
@@ -27,18 +33,22 @@ from raylight.engine.sim.workloads import EOS, FILLER, Workload
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
-    """The replica: a pool of `num_kv_slots` tokens (1M is about Llama-3.1-8B on an H200)."""
+    """The replica: a pool of `num_kv_slots` usable tokens (1M is about Llama-3.1-8B on an H200;
+    the engine's `num_kv_slots` counts the dummy slot 0 too, so it is this + 1)."""
 
     num_kv_slots: int = 1_000_000
     max_num_seqs: int = 1024
     max_num_batched_tokens: int = 8192
+    prefix_cache: bool = True
     past_future: PastFutureConfig = field(default_factory=PastFutureConfig)
 
 
 @dataclass(frozen=True)
 class SimTrace:
     """What happened, per request (workload order) and per step. Times are simulated seconds;
-    `max_gap` is the longest wait between two consecutive tokens of a request (0 for one)."""
+    `max_gap` is the longest wait between two consecutive tokens of a request (0 for one), a
+    preemption's wait and recompute included. `cached_tokens` is each request's prefix-cache hit
+    at its first admission (`Request.num_cached_tokens`)."""
 
     policy: str
     arrival: np.ndarray  # [N]
@@ -47,8 +57,11 @@ class SimTrace:
     max_gap: np.ndarray  # [N]
     output_len: np.ndarray  # [N] tokens generated
     preemptions: np.ndarray  # [N]
+    prompt_len: np.ndarray  # [N]
+    cached_tokens: np.ndarray  # [N]
     step_time: np.ndarray  # [S] seconds of each step
-    step_kv_used: np.ndarray  # [S] KV slots allocated during each step
+    step_kv_used: np.ndarray  # [S] Scheduler.num_used_slots during each step (owned or pinned)
+    step_kv_cached: np.ndarray  # [S] cached slots no request pins (evictable) during each step
     num_kv_slots: int
     wall_s: float  # real seconds the simulation took
 
@@ -73,13 +86,13 @@ class _Recorder:
 
 
 def make_scheduler(workload: Workload, policy: str, config: SimConfig) -> Scheduler:
-    """The one place the simulated replica is built; a prefix cache plugs in here once
-    engine/prefix_cache.py exists (and the report then adds its hit rate)."""
+    """The one place the simulated replica is built: as EngineCore builds it."""
     sched_config = SchedulerConfig(
         config.max_num_seqs, config.max_num_batched_tokens, workload.max_model_len, policy
     )
     allocator = SlotAllocator(config.num_kv_slots + 1)  # + the dummy slot 0
-    return Scheduler(sched_config, allocator, make_policy(policy, config.past_future))
+    cache = PrefixCache(allocator) if config.prefix_cache else None
+    return Scheduler(sched_config, allocator, make_policy(policy, config.past_future), cache)
 
 
 def _request(workload: Workload, i: int) -> Request:
@@ -102,8 +115,10 @@ def simulate(workload: Workload, policy: str, config: SimConfig, cost: CostModel
     n, arrival, true_len = len(workload), workload.arrival, workload.output_len
     rec = _Recorder(n)
     preemptions = np.zeros(n, dtype=np.int64)
+    cached = np.zeros(n, dtype=np.int64)
     step_time: list[float] = []
     step_kv: list[int] = []
+    step_cached: list[int] = []
     clock, nxt = 0.0, 0
     while nxt < n or sched.has_unfinished:
         while nxt < n and arrival[nxt] <= clock:
@@ -118,7 +133,8 @@ def simulate(workload: Workload, policy: str, config: SimConfig, cost: CostModel
         dt = cost.step_time(*batch_features(batch))
         clock += dt
         step_time.append(dt)
-        step_kv.append(sched.allocator.num_used)
+        step_kv.append(sched.num_used_slots)
+        step_cached.append(sched.cache.num_evictable_slots if sched.cache is not None else 0)
         sampling = batch.sampling_requests
         idx = np.fromiter((int(r.request_id) for r in sampling), np.int64, len(sampling))
         stop = rec.num_out[idx] + 1 >= true_len[idx]
@@ -126,7 +142,9 @@ def simulate(workload: Workload, policy: str, config: SimConfig, cost: CostModel
         rec.tokens(idx, clock)
         done = idx[stop]
         rec.finish[done] = clock
-        preemptions[done] = [sampling[i].num_preemptions for i in np.flatnonzero(stop)]
+        for i in np.flatnonzero(stop).tolist():
+            preemptions[idx[i]] = sampling[i].num_preemptions
+            cached[idx[i]] = sampling[i].num_cached_tokens
     return SimTrace(
         policy=policy,
         arrival=arrival,
@@ -135,8 +153,11 @@ def simulate(workload: Workload, policy: str, config: SimConfig, cost: CostModel
         max_gap=rec.max_gap,
         output_len=rec.num_out,
         preemptions=preemptions,
+        prompt_len=workload.prompt_len,
+        cached_tokens=cached,
         step_time=np.asarray(step_time),
         step_kv_used=np.asarray(step_kv, dtype=np.int64),
+        step_kv_cached=np.asarray(step_cached, dtype=np.int64),
         num_kv_slots=config.num_kv_slots,
         wall_s=time.perf_counter() - wall,
     )

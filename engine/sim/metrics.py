@@ -1,5 +1,5 @@
 """Service-level numbers from a simulation trace: goodput under an SLA, throughput, preemptions,
-KV utilization."""
+KV utilization, prefix-cache hit rates."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from raylight.engine.prefix_cache import block_aligned
 from raylight.engine.sim.loop import SimTrace
+
+BLOCK_SIZE = 16  # the block-level cache the token-level hit rate is compared with (vLLM's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +30,13 @@ TIGHT_SLA = Sla(ttft_s=2.0, itl_s=0.5)  # interactive chat: ours
 class PolicyReport:
     """Goodput = requests meeting the SLA / makespan, throughput = requests (or output tokens) /
     makespan, where makespan runs from the first arrival to the last finish: the same window for
-    every policy, and a policy that falls behind pays for its backlog."""
+    every policy, and a policy that falls behind pays for its backlog.
+
+    Hit rates are cached prompt tokens / prompt tokens at each request's first admission.
+    `prefix_hit_rate_block16` rounds each request's hit down to whole 16-token blocks
+    (`block_aligned`): what a vLLM-style block cache holding the same tokens would hit. It
+    ignores that the two caches would evict differently (a block cache frees whole blocks), so
+    it is an estimate of the granularity loss only."""
 
     rate: float  # offered requests per second (the workload's nominal rate)
     num_requests: int
@@ -39,8 +48,12 @@ class PolicyReport:
     throughput_output_tokens_per_s: float
     preemptions: int
     preempted_requests: int
-    kv_util_mean: float  # over steps: slots in use during a step / pool size
+    kv_util_mean: float  # over steps: Scheduler.num_used_slots (owned or pinned) / pool size
     kv_util_p99: float
+    kv_cached_evictable_mean: float  # over steps: cached slots no request pins / pool size
+    prefix_hit_rate: float
+    prefix_hit_rate_block16: float
+    ttft_mean_s: float
     ttft_p50_s: float
     ttft_p99_s: float
     max_itl_p99_s: float  # p99 over requests of each request's longest token gap
@@ -70,6 +83,9 @@ def summarize(trace: SimTrace, rate: float) -> PolicyReport:
     ok, ok_tight = meets(trace, PAPER_SLA), meets(trace, TIGHT_SLA)
     ttft = trace.first_token - trace.arrival
     util = trace.step_kv_used / trace.num_kv_slots
+    cached = trace.step_kv_cached / trace.num_kv_slots
+    prompt = max(int(trace.prompt_len.sum()), 1)
+    block_hits = sum(block_aligned(int(c), BLOCK_SIZE) for c in trace.cached_tokens)
     return PolicyReport(
         rate=rate,
         num_requests=n,
@@ -83,6 +99,10 @@ def summarize(trace: SimTrace, rate: float) -> PolicyReport:
         preempted_requests=int((trace.preemptions > 0).sum()),
         kv_util_mean=float(util.mean()) if len(util) else 0.0,
         kv_util_p99=float(np.percentile(util, 99)) if len(util) else 0.0,
+        kv_cached_evictable_mean=float(cached.mean()) if len(cached) else 0.0,
+        prefix_hit_rate=float(trace.cached_tokens.sum()) / prompt,
+        prefix_hit_rate_block16=block_hits / prompt,
+        ttft_mean_s=float(np.nanmean(ttft)),
         ttft_p50_s=float(np.nanpercentile(ttft, 50)),
         ttft_p99_s=float(np.nanpercentile(ttft, 99)),
         max_itl_p99_s=float(np.percentile(trace.max_gap, 99)),
