@@ -20,12 +20,9 @@ python3 -m pytest -q -p no:cacheprovider tests/test_engine_hf.py tests/test_llm_
   tests/test_async_engine.py tests/test_sampler.py -k "not tensor_parallel" \
   2>&1 | tail -5 | tee "$out/pytest.txt"
 
-# The GPU-only tests: CUDA-graph decode vs eager, Triton vs torch path, KV sizing; the Triton
-# backend's CPU tests run on the GPU too.
-python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_graphs.py \
-  2>&1 | tail -15 | tee "$out/pytest_gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_triton_backend.py \
-  2>&1 | tail -5 | tee -a "$out/pytest_gpu.txt"
+# The GPU-only tests: CUDA-graph decode vs eager, Triton vs torch path, KV sizing, kernels.
+python3 -m pytest -q -p no:cacheprovider -o addopts="--import-mode=importlib" -m gpu \
+  tests/test_cuda_graphs.py tests/test_kernels_*.py 2>&1 | tail -15 | tee "$out/pytest_gpu.txt"
 
 python3 -m raylight.benchmarks.host_overhead --device cuda --steps 300 \
   --out "$out/host_overhead.json" 2>&1 | tail -8

@@ -58,11 +58,12 @@ def test_graph_decode_matches_eager_fp32(tiny_models: dict[str, Path], n: int) -
 
 def test_decode_batches_above_the_largest_bucket_run_eagerly(tiny_models: dict[str, Path]) -> None:
     prompts = _prompts(10, seed=5)
+    arrivals = list(range(len(prompts)))  # staggered: the run's tail decodes <= 4 requests
     want = [r.output_token_ids for r in run_to_completion(
-        _core(tiny_models["qwen2"], enforce_eager=True), prompts, GREEDY)]  # fmt: skip
+        _core(tiny_models["qwen2"], enforce_eager=True), prompts, GREEDY, arrivals)]  # fmt: skip
     core = _core(tiny_models["qwen2"], cuda_graph_max_batch=4)
     assert core.runner.graphs is not None and core.runner.graphs.sizes == [1, 2, 4]
-    got = [r.output_token_ids for r in run_to_completion(core, prompts, GREEDY)]
+    got = [r.output_token_ids for r in run_to_completion(core, prompts, GREEDY, arrivals)]
     assert got == want
     assert core.runner.graphs.num_replays > 0  # the tail of the run has <= 4 requests left
 
