@@ -43,6 +43,12 @@ def add_sim(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--cost-model",
+        choices=("h200-llama3-8b", "h100-llama3-8b", "h100x4-llama3-70b"),
+        default="h200-llama3-8b",
+        help="roofline step-time model of the replica (set --pool-tokens to match it)",
+    )
+    p.add_argument(
         "--no-prefix-cache",
         dest="prefix_cache",
         action="store_false",
@@ -71,7 +77,7 @@ def add_sim(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sim(args: argparse.Namespace) -> int:
-    from raylight.engine.sim.cost_model import h200_llama3_8b
+    from raylight.engine.sim.cost_model import COST_MODELS
     from raylight.engine.sim.loop import SimConfig
     from raylight.engine.sim.sweep import SimSetup, find_miss_rate, run_policies, sweep
 
@@ -82,7 +88,8 @@ def run_sim(args: argparse.Namespace) -> int:
         args.max_num_batched_tokens,
         prefix_cache=args.prefix_cache,
     )
-    setup = SimSetup(args.workload, args.num_requests, args.seed, config, h200_llama3_8b())
+    cost = COST_MODELS[args.cost_model]()
+    setup = SimSetup(args.workload, args.num_requests, args.seed, config, cost)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     meta: dict[str, object] = {
         "workload": args.workload,
@@ -92,6 +99,7 @@ def run_sim(args: argparse.Namespace) -> int:
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "prefix_cache": args.prefix_cache,
+        "cost_model_name": args.cost_model,
         "cost_model": _asdict(setup.cost),
     }
     if args.scenario:

@@ -12,7 +12,7 @@ import pytest
 
 from raylight.cluster.cli import main
 from raylight.engine.sim import CostModel, SimConfig, fit_cost_model, make_workload, simulate
-from raylight.engine.sim.metrics import summarize
+from raylight.engine.sim.metrics import PAPER_SLA, meets, summarize
 from raylight.engine.sim.workloads import EOS, FILLER, Workload
 
 COST = CostModel(base_s=1.0, prefill_token_s=0.1, decode_request_s=0.01, kv_token_s=0.001)
@@ -76,6 +76,23 @@ def test_prefix_cache_hit_shortens_the_prefill_and_is_reported() -> None:
     assert report.prefix_hit_rate == pytest.approx(2 / 23)
     assert report.prefix_hit_rate_block16 == 0.0  # a 2-token hit is no whole 16-token block
     assert report.kv_cached_evictable_mean == pytest.approx(20 / 200 / 6)
+
+
+def test_preemption_charges_the_recompute_and_the_gap_misses_the_sla() -> None:
+    # Two requests of prompt 10 fill a 30-slot pool after 5 decodes; aggressive then preempts
+    # the last one (16 tokens: 10 + 6 sampled). It waits for request 0 to finish, recomputes all
+    # 16 tokens in one step (1 + 0.1 x 16 + 0.001 x 16 s), and its longest token gap spans the
+    # wait: it misses the SLA although its TTFT is fine.
+    w = hand_workload([0.0, 0.0], [10, 10], [15, 15])
+    config = SimConfig(num_kv_slots=30, max_num_seqs=4, max_num_batched_tokens=64)
+    trace = simulate(w, "aggressive", replace(config, prefix_cache=False), COST)
+    assert trace.preemptions.tolist() == [0, 1]
+    recompute = 1 + 0.1 * 16 + 0.001 * 16
+    assert np.isclose(trace.step_time, recompute).sum() == 1
+    resumed = trace.finish[0] + recompute
+    assert trace.max_gap[1] == pytest.approx(resumed - sum(trace.step_time[:6]))
+    assert trace.max_gap[1] > PAPER_SLA.itl_s >= trace.max_gap[0]
+    assert meets(trace, PAPER_SLA).tolist() == [True, False]
 
 
 def test_true_lengths_are_hidden_from_admission_but_reached() -> None:

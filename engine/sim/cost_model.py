@@ -51,6 +51,39 @@ def h200_llama3_8b() -> CostModel:
     )
 
 
+def h100_llama3_8b() -> CostModel:
+    """As `h200_llama3_8b` on an H100 SXM: the same bf16 FLOP/s, 3.35 TB/s HBM (90%: 3.0 TB/s).
+    The pool is ~450k tokens: 0.9 x 80 GB - 16 GB weights - ~2 GB activations, 128 KiB/token."""
+    hbm = 0.9 * 3.35e12
+    return CostModel(
+        base_s=_WEIGHT_BYTES / hbm + 0.25e-3,
+        prefill_token_s=_FLOPS_PER_TOKEN / _FLOPS_PER_S,
+        decode_request_s=20e-6,
+        kv_token_s=_KV_BYTES_PER_TOKEN / hbm,
+    )
+
+
+def h100x4_llama3_70b() -> CostModel:
+    """Llama-3.1-70B, TP=4 on H100 SXM, per replica: each GPU reads 1/4 of the 141 GB weights
+    and of the 320 KiB/token K/V; + ~1 ms of all-reduces per step (2 per layer, 80 layers); GEMM
+    FLOPs split 4 ways. The pool is ~400k tokens: 0.9 x 80 - 35 GB weights - ~4 GB, 80 KiB/token
+    per GPU. Roofline only, unmeasured."""
+    hbm, tp = 0.9 * 3.35e12, 4
+    return CostModel(
+        base_s=141e9 / tp / hbm + 1.25e-3,
+        prefill_token_s=2 * 70.6e9 / tp / _FLOPS_PER_S,
+        decode_request_s=40e-6,
+        kv_token_s=2 * 80 * 8 * 128 * 2 / tp / hbm,
+    )
+
+
+COST_MODELS = {
+    "h200-llama3-8b": h200_llama3_8b,
+    "h100-llama3-8b": h100_llama3_8b,
+    "h100x4-llama3-70b": h100x4_llama3_70b,
+}
+
+
 def batch_features(batch: Batch) -> tuple[int, int, int]:
     """(prefill tokens, decode requests, KV tokens read). A request with one new token is a
     decode; every other new token is a prefill token."""
