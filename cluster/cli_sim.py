@@ -91,19 +91,7 @@ def run_sim(args: argparse.Namespace) -> int:
     cost = COST_MODELS[args.cost_model]()
     setup = SimSetup(args.workload, args.num_requests, args.seed, config, cost)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    meta: dict[str, object] = {
-        "workload": args.workload,
-        "num_requests": args.num_requests,
-        "seed": args.seed,
-        "pool_tokens": args.pool_tokens,
-        "max_num_seqs": args.max_num_seqs,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "prefix_cache": args.prefix_cache,
-        "cost_model_name": args.cost_model,
-        "cost_model": _asdict(setup.cost),
-    }
-    if args.scenario:
-        meta["scenario"] = args.scenario
+    meta = _meta(args, setup.cost)
     if args.rate is not None:
         rate, searched = args.rate, {}
         meta["rate_source"] = "--rate"
@@ -139,6 +127,24 @@ def run_sim(args: argparse.Namespace) -> int:
     else:
         _print_table(result, policies)
     return 0
+
+
+def _meta(args: argparse.Namespace, cost: object) -> dict[str, object]:
+    """The run's settings, as recorded in the JSON."""
+    meta: dict[str, object] = {
+        "workload": args.workload,
+        "num_requests": args.num_requests,
+        "seed": args.seed,
+        "pool_tokens": args.pool_tokens,
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "prefix_cache": args.prefix_cache,
+        "cost_model_name": args.cost_model,
+        "cost_model": _asdict(cost),
+    }
+    if args.scenario:
+        meta["scenario"] = args.scenario
+    return meta
 
 
 def _asdict(obj: object) -> dict[str, object]:
