@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import socket
 import statistics
@@ -101,8 +102,11 @@ def run_offline(model: str, options: dict, workload: Workload, runs: list[tuple[
 
 
 def _resized(workload: Workload, num_prompts: int) -> Workload:
+    """The workload's first `num_prompts` requests, except that the concurrency-1 run (fewer
+    prompts) draws new ones: prompts seen before would hit the prefix cache."""
+    seed = workload.seed if num_prompts == workload.num_prompts else workload.seed + 1
     return Workload(num_prompts, workload.input_len, workload.output_len, workload.vocab_size,
-                    workload.seed)  # fmt: skip
+                    seed)  # fmt: skip
 
 
 def run_http(model: str, options: dict, workload: Workload, runs: list[tuple[int, int]]) -> (
@@ -130,7 +134,7 @@ def run_http(model: str, options: dict, workload: Workload, runs: list[tuple[int
             config = BenchConfig(
                 base_url=url, model="bench", num_prompts=n, input_len=workload.input_len,
                 output_len=workload.output_len, vocab_size=workload.vocab_size,
-                seed=workload.seed if n != 4 else 99, max_concurrency=concurrency,
+                seed=_resized(workload, n).seed if n != 4 else 99, max_concurrency=concurrency,
                 disable_tqdm=True,
             )  # fmt: skip
             m = asyncio.run(run_benchmark(config)).metrics
@@ -217,7 +221,7 @@ def _report(args: argparse.Namespace, model: str, threads: int, step_ms: float,
     extra_ttft = http_1.ttft_median_ms - off_1.ttft_median_ms
     return {
         "command": " ".join(["python -m raylight.benchmarks.serving_overhead", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__},
         "model": model,
         "engine_torch_threads": threads,
