@@ -138,8 +138,7 @@ class OpenAIIngress:
         started: list[AsyncGenerator[SampleEvent, None]] = []
         try:
             for prompt_ids, sp in zip(prompts, params):
-                # One round trip saved per request (~2 ms on a busy CPU) when there is no choice.
-                index = 0 if len(self.engines) == 1 else await self.router.pick.remote(prompt_ids)
+                index = await self.router.pick.remote(prompt_ids)
                 started.append(await start_samples(
                     ingress_id=self.ingress_id,
                     request_id=uuid.uuid4().hex,
