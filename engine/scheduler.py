@@ -4,12 +4,8 @@
 KV slots; `update()` applies the sampled tokens. Requests change only in these and in `add` and
 `abort`, never in the middle of a step.
 
-With a prefix cache, a slot is owned by the tree or by one running request, never both:
-`allocator.num_used == cache.num_cached_slots + sum(r.num_computed_tokens - r.num_prefix)` over
-running requests, and each running request holds one lock, on `r.prefix_node` (the root when
-it borrows nothing; locking the root is a no-op).
-Requests give their computed tokens to the tree when they finish, are aborted or preempted, and
-their prompt once its prefill completes (so that requests running alongside share it).
+With a prefix cache, `PrefixSharing` (engine/prefix_sharing.py) states and keeps the ownership
+invariants between the tree and the running requests' rows; the scheduler decides when it runs.
 """
 
 from __future__ import annotations
@@ -22,7 +18,8 @@ from raylight.engine.admission import AdmissionPolicy
 from raylight.engine.batch import Batch, RequestDelta, TokenLogprobs
 from raylight.engine.config import SchedulerConfig
 from raylight.engine.kv_pool import ReqToTokenTable, SlotAllocator
-from raylight.engine.prefix_cache import PrefixCache, RadixNode
+from raylight.engine.prefix_cache import PrefixCache
+from raylight.engine.prefix_sharing import PrefixSharing
 from raylight.engine.request import FinishReason, Request, RequestStatus
 
 
@@ -46,9 +43,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
-        # ReqToToken entries written this step besides the new tokens': (row, positions, slots).
-        self._table_writes: list[tuple[int, np.ndarray, np.ndarray]] = []
-        self._prefilled: list[Request] = []  # finished their prompt last step: share it
+        self._prefixes = PrefixSharing(cache, self.table)
 
     @property
     def num_free_slots(self) -> int:
@@ -86,8 +81,7 @@ class Scheduler:
     # ---- schedule -------------------------------------------------------------------------
 
     def schedule(self) -> Batch | None:
-        if self._prefilled:
-            self._share_prefills()  # first: freeing duplicates may spare a preemption
+        self._prefixes.share_prefills()  # first: freeing duplicates may spare a preemption
         budget = self.config.max_num_batched_tokens
         plan: list[tuple[Request, int]] = []
         for req in self.running:
@@ -109,18 +103,17 @@ class Scheduler:
         if not preempted and self.waiting:
             need = self._admit(plan, budget, need)
         if not plan:
-            # Nothing runs, so pending table entries are for freed rows: never let them reach
-            # a later batch, where they could collide with a reused row's entries.
-            self._table_writes.clear()
+            self._prefixes.drop_table_writes()
             return None
         return self._build_batch(plan, need)
 
     def _admit(self, plan: list[tuple[Request, int]], budget: int, need: int) -> int:
         self.policy.begin_step(self.running, self.num_free_slots)
         max_seqs = self.config.max_num_seqs
+        prefixes = self._prefixes
         while self.waiting and budget > 0 and len(self.running) < max_seqs:
             req = self.waiting[0]
-            hit, node, pinned = self._lock_prefix(req)
+            hit, node, pinned = prefixes.lock_prefix(req)
             k = len(hit)
             n = min(req.num_tokens - k, budget)
             # The policy counts what the request takes from the free count over its life: its
@@ -128,65 +121,17 @@ class Scheduler:
             req.num_computed_tokens = k - pinned
             if need + n > self.num_free_slots or not self.policy.admit(req):
                 req.num_computed_tokens = 0
-                if self.cache is not None and node is not None:
-                    self.cache.unlock(node)  # matched in vain: it may be evicted again
+                prefixes.unlock(node)
                 break
             self.waiting.popleft()
             req.row = self.table.alloc_row()
             req.status = RequestStatus.RUNNING
-            self._start_with_prefix(req, hit, node)
+            prefixes.start(req, hit, node)
             self.running.append(req)
             plan.append((req, n))
             need += n
             budget -= n
         return need
-
-    def _lock_prefix(self, req: Request) -> tuple[np.ndarray, RadixNode | None, int]:
-        """The longest cached prefix of `req`, locked at once so that eviction cannot take it;
-        capped so that at least one token is computed (its logits are needed). Returns its slots,
-        the locked node (None without a cache) and how many of its slots were evictable."""
-        cache = self.cache
-        if cache is None:
-            return _NO_SLOTS, None, 0
-        m = cache.match_prefix(req.token_ids_slice(0, req.num_tokens), max_len=req.num_tokens - 1)
-        before = cache.num_evictable_slots
-        cache.lock(m.node)
-        return m.slots, m.node, before - cache.num_evictable_slots
-
-    def _start_with_prefix(self, req: Request, hit: np.ndarray, node: RadixNode | None) -> None:
-        """Points `req`'s fresh row at its locked cached prefix `hit`."""
-        k = len(hit)
-        req.num_computed_tokens = k
-        req.prefix_node = node
-        req.num_prefix = k
-        if req.num_preemptions == 0:
-            req.num_cached_tokens = k
-        if k:
-            self.table.table[req.row, :k] = hit
-            self._table_writes.append((req.row, np.arange(k, dtype=np.int64), hit))
-
-    def _share_prefills(self) -> None:
-        """Gives the tree the prompt of each request that finished its prefill last step and is
-        still running, so that requests admitted later (and samples of the same prompt running
-        alongside, whose duplicate slots are freed) share it. Rewritten table entries go to the
-        device with this step's batch."""
-        cache = self.cache
-        assert cache is not None
-        for req in self._prefilled:
-            c = req.num_computed_tokens
-            if req.status is not RequestStatus.RUNNING or c <= req.num_prefix:
-                continue
-            row = self.table.table[req.row]
-            own = row[:c].astype(np.int64)
-            assert req.prefix_node is not None
-            m = cache.insert_running(req.token_ids_slice(0, c), own, req.prefix_node)
-            changed = np.flatnonzero(m.slots != own)
-            if len(changed):
-                row[changed] = m.slots[changed]
-                self._table_writes.append((req.row, changed, m.slots[changed]))
-            req.prefix_node = m.node
-            req.num_prefix = c
-        self._prefilled.clear()
 
     def _build_batch(self, plan: list[tuple[Request, int]], need: int) -> Batch:
         requests = [r for r, _ in plan]
@@ -233,19 +178,8 @@ class Scheduler:
             max_q_len=int(num_new.max()),
             max_kv_len=int(seq_lens.max()),
         )
-        if self._table_writes:
-            self._flush_table_writes(batch)
+        self._prefixes.flush_table_writes(batch)
         return batch
-
-    def _flush_table_writes(self, batch: Batch) -> None:
-        """Moves this step's extra table entries into `batch`."""
-        writes = self._table_writes
-        batch.table_rows = np.repeat(
-            np.array([w[0] for w in writes], dtype=np.int64), [len(w[1]) for w in writes]
-        )
-        batch.table_positions = np.concatenate([w[1] for w in writes])
-        batch.table_slots = np.concatenate([w[2] for w in writes])
-        self._table_writes = []
 
     # ---- update ---------------------------------------------------------------------------
 
@@ -281,8 +215,8 @@ class Scheduler:
             cached = None
             if len(out) == 1:  # the first token: its prefill just completed
                 cached = req.num_cached_tokens
-                if reason is None and self.cache is not None:
-                    self._prefilled.append(req)
+                if reason is None:
+                    self._prefixes.on_prefilled(req)
             if reason is not None:
                 self._finish(req, reason)
                 any_finished = True
@@ -312,26 +246,17 @@ class Scheduler:
         self.waiting.appendleft(req)
 
     def _release(self, req: Request) -> None:
-        """Gives up `req`'s row: its computed tokens go to the cache (which frees the slots it
-        already holds elsewhere), or back to the allocator without a cache; then its lock goes.
-        Borrowed slots are never freed here: that would double free the tree's slots."""
+        """Gives up `req`'s row: its computed tokens go to the cache (see
+        `PrefixSharing.release`), or back to the allocator without a cache."""
         c = req.num_computed_tokens
         slots = self.table.table[req.row, :c].astype(np.int64)
         if self.cache is None:
             self.allocator.free(slots)
         else:
-            if c:
-                self.cache.insert(req.token_ids_slice(0, c), slots)
-            if req.prefix_node is not None:
-                self.cache.unlock(req.prefix_node)
-            req.prefix_node = None
-            req.num_prefix = 0
+            self._prefixes.release(req, slots)
         self.table.free_row(req.row)
         req.row = -1
         req.num_computed_tokens = 0
-
-
-_NO_SLOTS = np.zeros(0, dtype=np.int64)
 
 
 def _one(logprobs: TokenLogprobs | None) -> list[TokenLogprobs] | None:
