@@ -29,6 +29,11 @@ def build_app_from_config(config: AppConfig) -> Application:
     from raylight.engine.llm import engine_options
     from raylight.engine.model_config import load_arch_config
 
+    if config.max_queued_requests == 0 or config.max_queued_requests < -1:
+        raise ValueError(
+            "max_queued_requests must be -1 (no limit) or at least 1 (every new request waits "
+            f"in the queue for at least a step), got {config.max_queued_requests}"
+        )
     model_dir = config.model
     if not model_dir:
         from raylight.engine.modelgen.default_model import ensure_default_model

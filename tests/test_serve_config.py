@@ -33,3 +33,11 @@ def test_app_args_are_typed_and_unknown_keys_refused() -> None:
         assert config.engine == {"enable_prefix_caching": expected}
     with pytest.raises(ValueError, match="expected a boolean"):
         app_config_from_args({"enable_prefix_caching": "maybe"})
+
+
+def test_queue_limit_must_leave_room_for_one_request() -> None:
+    from raylight.cluster.app import build_app_from_config
+
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="max_queued_requests must be -1"):
+            build_app_from_config(app_config_from_args({"max_queued_requests": bad}))
