@@ -8,7 +8,9 @@
 #   bash benchmarks/gpu_bench.sh --engine-opt attention_backend=triton
 #   BUDGET=300 bash benchmarks/gpu_bench.sh --sections ceilings,kernels,latency
 # Environment: MODEL_DIR (default /tmp/llama3-8b), BUDGET (seconds for gpu_bench, default 480),
-# CALL_LIMIT (seconds the whole call may take, default 590).
+# CALL_LIMIT (seconds the whole call may take, default 590), PYTHON (default python3);
+# RL_LINK_DIR (default /tmp/rl); PRESET / MAKE_DEVICE (default llama3-8b / cuda) only for a
+# CPU dry run of this script.
 set -uo pipefail
 export OUT=${OUT:-out}
 out=$OUT
@@ -16,15 +18,21 @@ mkdir -p "$out"
 model=${MODEL_DIR:-/tmp/llama3-8b}
 budget=${BUDGET:-480}
 limit=${CALL_LIMIT:-590}
-unset TRITON_INTERPRET   # the interpreter is for the CPU machine only
-mkdir -p /tmp/rl && ln -sfn "$PWD" /tmp/rl/raylight   # the checkout is the `raylight` package
-export PYTHONPATH=/tmp/rl:${PYTHONPATH:-}
+# The Triton interpreter is for the CPU machine only (kept there for a dry run of this script).
+if command -v nvidia-smi >/dev/null; then unset TRITON_INTERPRET; fi
+link=${RL_LINK_DIR:-/tmp/rl}   # the checkout is the `raylight` package (it is not installed)
+mkdir -p "$link" && ln -sfn "$PWD" "$link/raylight"
+export PYTHONPATH=$link:${PYTHONPATH:-}
 py=${PYTHON:-python3}
 
+# `raylight make-model --preset llama3-8b --device cuda --out $model`, called as a function (as
+# device_check.sh does) so that nothing beyond torch + transformers is imported.
 if [ ! -f "$model/config.json" ]; then
-  echo "making $model ..."
-  "$py" -m raylight.cluster.cli make-model --preset llama3-8b --dtype bfloat16 --device cuda \
-    --out "$model" --no-progress || { echo "make-model failed"; exit 1; }
+  echo "making $model (preset ${PRESET:-llama3-8b}) ..."
+  "$py" -c "import sys; from raylight.engine.modelgen.make_model import make_model; \
+make_model(None, sys.argv[1], sys.argv[2], seed=0, dtype='bfloat16', device=sys.argv[3], \
+progress=False)" "${PRESET:-llama3-8b}" "$model" "${MAKE_DEVICE:-cuda}" \
+    || { echo "make-model failed"; exit 1; }
 fi
 echo "model ready after ${SECONDS} s"
 

@@ -156,8 +156,11 @@ class EngineHolder:
                 self.load_error = repr(e)
                 raise
             load_s = time.perf_counter() - t0
+            config = self.llm.core.config
             info = {"load_s": load_s, "warmup_s": self._warm_up(self.llm.core),
-                    "num_kv_slots": self.llm.core.runner.num_slots}  # fmt: skip
+                    "num_kv_slots": self.llm.core.runner.num_slots,
+                    "attention_backend": config.attention_backend,  # resolved ("auto" is not)
+                    "enforce_eager": getattr(config, "enforce_eager", None)}  # fmt: skip
             self.loads.append(info)
             print(f"  engine loaded in {load_s:.1f} s, warm-up {info['warmup_s']:.1f} s, "
                   f"{info['num_kv_slots']} KV slots", flush=True)  # fmt: skip

@@ -50,8 +50,11 @@ def generate_batch(
 ) -> dict[str, object]:
     from transformers import GenerationConfig
 
-    cfg = GenerationConfig(max_new_tokens=output_len, do_sample=False, eos_token_id=-1,
-                           pad_token_id=0)  # fmt: skip
+    try:  # eos -1: HF's continuous batching never stops early (ignore_eos)
+        cfg = GenerationConfig(max_new_tokens=output_len, do_sample=False, eos_token_id=-1,
+                               pad_token_id=0)  # fmt: skip
+    except (ValueError, TypeError):  # a version that refuses -1: tokens are counted anyway
+        cfg = GenerationConfig(max_new_tokens=output_len, do_sample=False)
     accepted = inspect.signature(model.generate_batch).parameters
     extra = {k: v for k, v in (("progress_bar", False), ("record_timestamps", True))
              if k in accepted}  # fmt: skip

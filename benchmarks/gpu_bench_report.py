@@ -28,6 +28,14 @@ def _pick(rows: list[dict], match: dict[str, int]) -> dict | None:
     return rows[-1] if rows else None
 
 
+def _resolved_backend(report: dict[str, Any]) -> str | None:
+    """The backend the engine resolved at its last load, else the option as given."""
+    loads = report.get("engine_loads") or []
+    return (loads[-1].get("attention_backend") if loads else None) or report.get(
+        "attention_backend"
+    )
+
+
 def gemm_frac(
     run: dict[str, Any] | None, arch: ModelArchConfig, gemm: float | None
 ) -> float | None:
@@ -66,7 +74,7 @@ def build_summary(report: dict[str, Any], arch: ModelArchConfig | None) -> dict[
     rl_out = (hf.get("raylight") or {}).get("out_tok_s")
     s: dict[str, Any] = {
         "device": report["device"],
-        "attention_backend": report.get("attention_backend"),
+        "attention_backend": _resolved_backend(report),
         "copy_bw_tb_s": copy_bw / 1e12 if copy_bw else None,
         "gemm_tflop_s": gemm / 1e12 if gemm else None,
         "tpot_b1_ms": lat.get("tpot_ms"), "tpot_floor_ms": lat.get("tpot_floor_ms"),

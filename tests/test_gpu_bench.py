@@ -105,6 +105,7 @@ def test_whole_run_on_cpu(
     assert len(report["results"]["kernels"]["decode"]) == 4
     assert out.with_suffix(".png").is_file()
     assert report["versions"]["torch"] == torch.__version__
+    assert s["attention_backend"] == report["engine_loads"][-1]["attention_backend"] != "auto"
 
 
 def test_deadline_truncates_and_reports(tiny_models: dict[str, Path]) -> None:
