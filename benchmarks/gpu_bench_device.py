@@ -21,6 +21,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_ms(fn: Callable[[], object], device: torch.device | str = "cuda", warmup: int = 3,
+              iters: int = 10) -> float:  # fmt: skip
+    """The median of `time_ms` samples."""
+    samples = sorted(time_ms(fn, torch.device(device), warmup, iters))
+    return samples[len(samples) // 2]
+
+
 def time_ms(
     fn: Callable[[], object], device: torch.device, warmup: int, iters: int, flush: bool = False
 ) -> list[float]:

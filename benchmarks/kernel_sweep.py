@@ -9,37 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import raylight.kernels.prefill_attention as prefill_mod
+from raylight.benchmarks.gpu_bench_device import median_ms
 from raylight.kernels.decode_attention import choose_num_splits, decode_attention, num_sms
 
 HEADS, KV_HEADS, D = 32, 8, 128  # Llama-3.1-8B attention
 
 
-def time_ms(fn: Callable[[], object], reps: int = 10) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[reps // 2]
-
-
 def ceilings() -> dict[str, float]:
     src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    copy_ms = time_ms(lambda: dst.copy_(src))
+    copy_ms = median_ms(lambda: dst.copy_(src))
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    gemm_ms = time_ms(lambda: a @ a)
+    gemm_ms = median_ms(lambda: a @ a)
     return {"copy_bytes_per_s": 2 * 2**30 / (copy_ms / 1e3),
             "gemm_flops_per_s": 2 * 8192**3 / (gemm_ms / 1e3)}  # fmt: skip
 
@@ -61,7 +47,7 @@ def prefill_sweep(t: int, gemm: float) -> list[dict]:
                                   (64, 128, 4, 3), (128, 64, 8, 4)]:  # fmt: skip
         prefill_mod.choose_blocks = lambda *_a, c=(bm, bn, warps, stages): c
         try:
-            ms = time_ms(lambda: prefill_mod.prefill_attention(q, k, v, **args))
+            ms = median_ms(lambda: prefill_mod.prefill_attention(q, k, v, **args))
             rows.append({"t": t, "blocks": [bm, bn, warps, stages], "ms": ms,
                          "flops_frac": flops / (ms / 1e3) / gemm})  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - a config that does not compile
@@ -87,7 +73,7 @@ def decode_sweep(batch: int, ctx: int, copy: float) -> list[dict]:
     for splits in sorted({1, 2, 4, 8, 16, 32, 64, chosen}):
         if splits > max(1, ctx // 64):
             continue
-        ms = time_ms(lambda s=splits: decode_attention(q, k, v, r2t, rows_t, lens, ctx, 0.08,
+        ms = median_ms(lambda s=splits: decode_attention(q, k, v, r2t, rows_t, lens, ctx, 0.08,
                                                        num_splits=s))  # fmt: skip
         out.append({"batch": batch, "ctx": ctx, "splits": splits, "chosen": splits == chosen,
                     "ms": ms, "bw_frac": kv_bytes / (ms / 1e3) / copy})  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from raylight.benchmarks.gpu_bench_device import median_ms
 from raylight.engine.attention.backend import AttentionMetadata
 from raylight.engine.attention.torch_backend import TorchAttentionBackend
 from raylight.kernels.decode_attention import (
@@ -142,21 +143,6 @@ def test_gpu_large(heads: int, kv_heads: int, d: int) -> None:
     torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
 
 
-def _time_ms(fn, reps: int = 20) -> float:
-    """Median CUDA time of fn() in milliseconds, after warm-up."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[reps // 2]
-
-
 @pytest.mark.gpu
 def test_gpu_bandwidth_batch64_ctx4k() -> None:
     """Reads K/V at >= 80% of the copy bandwidth measured in the same run (slots scattered)."""
@@ -169,11 +155,11 @@ def test_gpu_bandwidth_batch64_ctx4k() -> None:
     rows = torch.arange(batch, device=dev)
     lens = torch.full((batch,), ctx, device=dev)
     q = torch.randn(batch, heads, d, device=dev, dtype=dtype)
-    ms = _time_ms(lambda: decode_attention(q, k_cache, v_cache, r2t, rows, lens, ctx, 0.08))
+    ms = median_ms(lambda: decode_attention(q, k_cache, v_cache, r2t, rows, lens, ctx, 0.08))
     kv_bytes = 2 * k_cache.numel() * k_cache.element_size()
     src = torch.empty(kv_bytes // 2, dtype=torch.int16, device=dev)
     dst = torch.empty_like(src)
-    copy_ms = _time_ms(lambda: dst.copy_(src))
+    copy_ms = median_ms(lambda: dst.copy_(src))
     ratio = (kv_bytes / ms) / (2 * kv_bytes / copy_ms)  # copy moves its bytes twice
     print(f"decode {ms:.3f} ms, {kv_bytes / ms / 1e9:.0f} GB/s, {ratio:.0%} of copy bandwidth")
     assert ratio >= 0.8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from raylight.benchmarks.gpu_bench_device import median_ms
 from raylight.engine.attention.backend import AttentionMetadata
 from raylight.engine.attention.torch_backend import TorchAttentionBackend
 from raylight.kernels.prefill_attention import prefill_attention, prefill_attention_ref
@@ -125,21 +126,6 @@ def test_gpu_large(dtype: torch.dtype) -> None:
     _check(batch, max_q_len=4096, dtype=dtype)
 
 
-def _time_ms(fn, reps: int = 10) -> float:
-    """Median CUDA time of fn() in milliseconds, after warm-up."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[reps // 2]
-
-
 @pytest.mark.gpu
 def test_gpu_throughput_16k() -> None:
     """One 16k-token causal prefill reaches >= 50% of the bf16 GEMM rate measured here."""
@@ -153,10 +139,10 @@ def test_gpu_throughput_16k() -> None:
         req_to_token=r2t, req_rows=torch.zeros(1, dtype=torch.int64, device=dev),
         cu_seqlens_q=torch.tensor([0, t], device=dev), seq_lens_kv=torch.tensor([t], device=dev),
     )  # fmt: skip
-    ms = _time_ms(lambda: prefill_attention(q, k_cache, v_cache, **args, max_q_len=t, scale=0.08))
+    ms = median_ms(lambda: prefill_attention(q, k_cache, v_cache, **args, max_q_len=t, scale=0.08))
     flops = 2 * t * t * d * heads  # two matmuls, half of the square (causal)
     a = torch.randn(8192, 8192, device=dev, dtype=dtype)
-    gemm_ms = _time_ms(lambda: a @ a)
+    gemm_ms = median_ms(lambda: a @ a)
     ratio = (flops / ms) / (2 * 8192**3 / gemm_ms)
     print(f"prefill 16k {ms:.2f} ms, {flops / ms / 1e9:.0f} TFLOP/s, {ratio:.0%} of GEMM")
     assert ratio >= 0.5
