@@ -132,6 +132,7 @@ def run_sim(args: argparse.Namespace) -> int:
 def _meta(args: argparse.Namespace, cost: object) -> dict[str, object]:
     """The run's settings, as recorded in the JSON."""
     meta: dict[str, object] = {
+        "command": _command(args),
         "workload": args.workload,
         "num_requests": args.num_requests,
         "seed": args.seed,
@@ -145,6 +146,30 @@ def _meta(args: argparse.Namespace, cost: object) -> dict[str, object]:
     if args.scenario:
         meta["scenario"] = args.scenario
     return meta
+
+
+def _command(args: argparse.Namespace) -> str:
+    """A command line that reproduces this run (every setting spelled out)."""
+    import shlex
+
+    words = ["raylight", "sim", "--workload", args.workload, "--policy", args.policy]
+    if args.rate is not None:
+        words += ["--rate", str(args.rate)]
+    words += ["--num-requests", str(args.num_requests), "--pool-tokens", str(args.pool_tokens)]
+    words += ["--max-num-seqs", str(args.max_num_seqs), "--seed", str(args.seed)]
+    words += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+    words += ["--cost-model", args.cost_model]
+    flags = {
+        "--no-prefix-cache": not args.prefix_cache,
+        "--compare-prefix-cache": args.compare_prefix_cache,
+        "--sweep": args.sweep,
+    }
+    words += [flag for flag, on in flags.items() if on]
+    if args.plot is not None:
+        words += ["--plot", str(args.plot)]
+    if args.scenario:
+        words += ["--scenario", args.scenario]
+    return shlex.join([*words, "--json"])
 
 
 def _asdict(obj: object) -> dict[str, object]:

@@ -93,6 +93,9 @@ def test_preemption_charges_the_recompute_and_the_gap_misses_the_sla() -> None:
     assert trace.max_gap[1] == pytest.approx(resumed - sum(trace.step_time[:6]))
     assert trace.max_gap[1] > PAPER_SLA.itl_s >= trace.max_gap[0]
     assert meets(trace, PAPER_SLA).tolist() == [True, False]
+    report = summarize(trace, rate=1.0)
+    assert (report.missed_gap_only, report.missed_gap_preempted) == (1, 1)
+    assert report.missed_ttft_only == report.missed_both == 0
 
 
 def test_true_lengths_are_hidden_from_admission_but_reached() -> None:
@@ -164,6 +167,9 @@ def test_cli_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"past-future", "aggressive", "conservative", "sim"}
     assert out["sim"]["rate"] == 20.0 and out["sim"]["workload"] == "sharegpt"
+    command = out["sim"]["command"].split()
+    assert command[:4] == ["raylight", "sim", "--workload", "sharegpt"]
+    assert command[command.index("--pool-tokens") + 1] == "50000" and "--rate" in command
     for report in (out[p] for p in ("past-future", "aggressive", "conservative")):
         assert report["rate"] == 20.0 and report["num_requests"] == 200
         assert {"requests_per_s", "output_tokens_per_s"} <= set(report["throughput"])

@@ -57,6 +57,14 @@ class PolicyReport:
     ttft_p50_s: float
     ttft_p99_s: float
     max_itl_p99_s: float  # p99 over requests of each request's longest token gap
+    # Why requests missed PAPER_SLA (counts of requests): a late first token only, a token gap
+    # over the limit only, both; and how many of the gap misses were preempted (a preemption's
+    # wait and recompute sit inside one gap) as against gaps from long steps alone.
+    missed_ttft_only: int
+    missed_gap_only: int
+    missed_both: int
+    missed_gap_preempted: int
+    kv_full_steps: float  # fraction of steps with >= 95% of the pool owned or pinned
     mean_step_ms: float
     num_steps: int
     makespan_s: float
@@ -75,6 +83,18 @@ def meets(trace: SimTrace, sla: Sla) -> np.ndarray:
     """bool [N]: which requests finished within the SLA."""
     ttft = trace.first_token - trace.arrival
     return ~np.isnan(trace.finish) & (ttft <= sla.ttft_s) & (trace.max_gap <= sla.itl_s)
+
+
+def miss_reasons(trace: SimTrace, sla: Sla) -> dict[str, int]:
+    """Counts of requests missing `sla` by cause (see PolicyReport's `missed_*`)."""
+    late = ~(trace.first_token - trace.arrival <= sla.ttft_s)  # NaN (never started) is late
+    gap = trace.max_gap > sla.itl_s
+    return {
+        "missed_ttft_only": int((late & ~gap).sum()),
+        "missed_gap_only": int((gap & ~late).sum()),
+        "missed_both": int((late & gap).sum()),
+        "missed_gap_preempted": int((gap & (trace.preemptions > 0)).sum()),
+    }
 
 
 def summarize(trace: SimTrace, rate: float) -> PolicyReport:
@@ -106,6 +126,8 @@ def summarize(trace: SimTrace, rate: float) -> PolicyReport:
         ttft_p50_s=float(np.nanpercentile(ttft, 50)),
         ttft_p99_s=float(np.nanpercentile(ttft, 99)),
         max_itl_p99_s=float(np.percentile(trace.max_gap, 99)),
+        **miss_reasons(trace, PAPER_SLA),
+        kv_full_steps=float((util >= 0.95).mean()) if len(util) else 0.0,
         mean_step_ms=float(trace.step_time.mean() * 1e3) if len(trace.step_time) else 0.0,
         num_steps=len(trace.step_time),
         makespan_s=makespan,
