@@ -8,11 +8,13 @@
    prompts, lengths, pool, scheduler config, policy and prefix cache. The simulator also runs
    with coefficients fitted on the validation run's own steps ("in sample"): what differs then
    is the simulator's dynamics, not how the calibration run's timings carried over.
+3. `--repeats N` does all of it N times and reports each difference's min, median and max: on
+   a shared CPU one run's timings are noisy.
 
 Requests use ignore_eos and max_tokens = their true length in the engine; the simulator gets the
 same max_tokens (so admission sees the same caps) and ends them at the same lengths.
 
-    .venv/bin/python -m raylight.benchmarks.sim_vs_engine --out results.json
+    .venv/bin/python -m raylight.benchmarks.sim_vs_engine --repeats 3 --out results.json
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from raylight.engine.sim.cost_model import CostModel, fit_cost_model
 from raylight.engine.sim.loop import SimConfig, simulate
 from raylight.engine.sim.workloads import Workload
 
-__all__ = ["Setup", "chat_workload", "compare", "main"]
+__all__ = ["Setup", "chat_workload", "compare", "compare_repeated", "main"]
 
 KEYS = ("output_tokens_per_s", "requests_per_s", "preemptions", "ttft_mean_s", "busy_s")
 
@@ -123,6 +125,35 @@ def compare(model_dir: Path, setup: Setup, progress: bool = True) -> dict[str, o
     }
 
 
+def spread(runs: list[dict[str, object]], field: str) -> dict[str, dict[str, float]]:
+    """Per key of `field` (a relative-difference dict of each run): min, median, max."""
+    out = {}
+    for k in KEYS:
+        values = np.array([run[field][k] for run in runs])  # type: ignore[index]
+        out[k] = {
+            "min": float(values.min()),
+            "median": float(np.median(values)),
+            "max": float(values.max()),
+        }
+    return out
+
+
+def compare_repeated(
+    model_dir: Path, setup: Setup, repeats: int, progress: bool = True
+) -> dict[str, object]:
+    """`compare` `repeats` times on the same setup (fresh engines each time)."""
+    runs = []
+    for i in range(repeats):
+        _log(progress, f"repeat {i + 1}/{repeats}")
+        runs.append(compare(model_dir, setup, progress))
+    return {
+        "repeats": repeats,
+        "spread": spread(runs, "relative_difference"),
+        "spread_in_sample": spread(runs, "relative_difference_in_sample"),
+        "runs": runs,
+    }
+
+
 def _log(on: bool, line: str) -> None:
     if on:
         print(line, file=sys.stderr, flush=True)
@@ -132,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model-dir", type=Path, default=None, help="default: make_model(preset)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    p.add_argument("--repeats", type=int, default=1, help="run it all this many times")
     for name, value in asdict(Setup()).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = p.parse_args(argv)
@@ -144,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = make_model(
                 None, setup.preset, Path(tmp) / setup.preset, dtype="float32", progress=False
             )
-        result = compare(model_dir, setup)
+        if args.repeats > 1:
+            result = compare_repeated(model_dir, setup, args.repeats)
+        else:
+            result = compare(model_dir, setup)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raylight.benchmarks.sim_vs_engine import Setup, chat_workload, compare, main
+from raylight.benchmarks.sim_vs_engine import KEYS, Setup, chat_workload, compare, main, spread
 
 
 def test_workload_max_tokens_are_the_true_lengths() -> None:
@@ -45,3 +45,25 @@ def test_cli_writes_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main([*argv, "--calib-requests", "10", "--clock", "cpu", "--num-kv-slots", "1100"]) == 0
     assert json.loads(out.read_text())["setup"]["num_requests"] == 10
     capsys.readouterr()
+
+
+def test_spread_over_repeats() -> None:
+    runs = [
+        {"relative_difference": dict.fromkeys(KEYS, x), "relative_difference_in_sample": {}}
+        for x in (0.1, -0.2, 0.05)
+    ]
+    s = spread(runs, "relative_difference")
+    assert s["preemptions"] == {"min": -0.2, "median": 0.05, "max": 0.1}
+
+
+def test_repeated_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from raylight.engine.modelgen.make_model import make_model
+
+    model = make_model("llama", "tiny", tmp_path / "m", dtype="float32", progress=False)
+    argv = ["--model-dir", str(model), "--num-requests", "10", "--calib-requests", "10"]
+    assert main([*argv, "--clock", "cpu", "--num-kv-slots", "1100", "--repeats", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["repeats"] == 2 and len(out["runs"]) == 2
+    tps = [run["relative_difference"]["output_tokens_per_s"] for run in out["runs"]]
+    assert out["spread"]["output_tokens_per_s"]["min"] == min(tps)
+    assert set(out["spread_in_sample"]) == set(KEYS)
