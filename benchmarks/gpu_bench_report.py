@@ -72,6 +72,7 @@ def build_summary(report: dict[str, Any], arch: ModelArchConfig | None) -> dict[
     hf = res.get("hf") or {}
     hf_out = (hf.get("hf") or {}).get("out_tok_s")
     rl_out = (hf.get("raylight") or {}).get("out_tok_s")
+    hf_frac = gemm_frac(hf.get("raylight"), arch, gemm) if arch else None
     s: dict[str, Any] = {
         "device": report["device"],
         "attention_backend": _resolved_backend(report),
@@ -90,6 +91,10 @@ def build_summary(report: dict[str, Any], arch: ModelArchConfig | None) -> dict[
         "prefill_attn_case": pre and f"q_len {pre['q_len']}",
         "hf_cb_out_tok_s": hf_out, "raylight_on_hf_workload_out_tok_s": rl_out,
         "raylight_over_hf_cb": _ratio(rl_out, hf_out),
+        # The workload is prefill-heavy: how much of the GEMM ceiling raylight's linear layers
+        # ran at, and how much 20x HF's rate would need (above ~0.9 no engine gets there).
+        "raylight_on_hf_workload_gemm_frac": hf_frac,
+        "hf_20x_needs_gemm_frac": hf_frac and hf_out and rl_out and hf_frac * 20 * hf_out / rl_out,
         "hf_workload_requests": hf.get("requests"),
         "sections_failed": sorted(report["errors"]), "sections_skipped": report["skipped"],
     }  # fmt: skip

@@ -19,7 +19,10 @@ class EngineOptions:
     dtype: str = "auto"
     max_model_len: int | None = None
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
+    # Tokens per step (prefill chunks + decodes). None: 8192 on CUDA, where larger chunks keep
+    # prefill GEMMs near the tensor cores' rate (8192 vs 2048: +20% output tok/s on 256 x
+    # 512/128, H100); 2048 on CPU.
+    max_num_batched_tokens: int | None = None
     tensor_parallel_size: int = 1
     # Keep finished requests' K/V in a token-level radix tree and reuse it for shared prefixes.
     enable_prefix_caching: bool = True
@@ -34,6 +37,9 @@ class EngineOptions:
     admission_policy: str = "conservative"
     # Triton RMSNorm(+residual), rotary and SiLU-and-mul in the layers. None: on CUDA only.
     fused_kernels: bool | None = None
+    # Triton linear layers for decode batches of at most 8 rows (kernels/skinny_linear.py)
+    # where they beat cuBLAS. None: on CUDA only.
+    skinny_linear: bool | None = None
     # Run every step eagerly: no CUDA graphs for decode batches.
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
@@ -64,6 +70,7 @@ class EngineConfig:
     seed: int
     enable_prefix_caching: bool = False  # resolve_engine_config copies EngineOptions' (True)
     fused_kernels: bool = False
+    skinny_linear: bool = False
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
@@ -86,7 +93,10 @@ def resolve_engine_config(
         raise ValueError(
             f"max_model_len={max_model_len} exceeds the model's context length {limit}"
         )
-    if options.max_num_seqs < 1 or options.max_num_batched_tokens < 1:
+    batched_tokens = options.max_num_batched_tokens
+    if batched_tokens is None:
+        batched_tokens = 8192 if device.type == "cuda" else 2048
+    if options.max_num_seqs < 1 or batched_tokens < 1:
         raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
     if options.cuda_graph_max_batch < 1:
         raise ValueError("cuda_graph_max_batch must be at least 1 (use enforce_eager to disable)")
@@ -113,7 +123,7 @@ def resolve_engine_config(
         device=device,
         scheduler=SchedulerConfig(
             max_num_seqs=options.max_num_seqs,
-            max_num_batched_tokens=options.max_num_batched_tokens,
+            max_num_batched_tokens=batched_tokens,
             max_model_len=max_model_len,
             admission_policy=options.admission_policy,
         ),
@@ -125,6 +135,9 @@ def resolve_engine_config(
         enable_prefix_caching=options.enable_prefix_caching,
         fused_kernels=(
             device.type == "cuda" if options.fused_kernels is None else options.fused_kernels
+        ),
+        skinny_linear=(
+            device.type == "cuda" if options.skinny_linear is None else options.skinny_linear
         ),
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,

@@ -25,6 +25,7 @@ from raylight.engine.parallel import TPGroup
 from raylight.engine.sampler import Sampler, SamplerOutput
 from raylight.engine.sampling_inputs import build_sampling_inputs, needs_only_argmax
 from raylight.engine.weights import iter_weights
+from raylight.kernels.argmax import argmax_rows
 
 
 @dataclass(slots=True)
@@ -57,7 +58,7 @@ class ModelRunner:
                     arch, tp, config.dtype, max_positions=sched.max_model_len
                 )
             model.load_weights(iter_weights(config.model_dir, self.device, progress))
-        use_fused_kernels(model, config.fused_kernels)
+        use_fused_kernels(model, config.fused_kernels, config.skinny_linear)
         self.model = model.eval()
         self.backend = make_attention_backend(config.attention_backend)
         graph_batch = self._graph_max_batch(tp)
@@ -113,7 +114,8 @@ class ModelRunner:
         requests = batch.sampling_requests
         if needs_only_argmax(requests):
             # Greedy, no logprobs/penalties/bans: no sampling tensors, one copy of the ids.
-            result = StepResult(logits.argmax(dim=-1).cpu().tolist(), None)
+            ids = argmax_rows(logits) if self.config.fused_kernels else logits.argmax(dim=-1)
+            result = StepResult(ids.cpu().tolist(), None)
         else:
             inputs = build_sampling_inputs(requests, self.config.arch.vocab_size, self.device)
             result = _step_result(self.sampler(logits, inputs), requests)

@@ -118,14 +118,17 @@ def _decode_stage2(
 
 
 def choose_num_splits(batch: int, kv_heads: int, max_kv_len: int, sm_count: int) -> int:
-    """Splits per request: enough programs for about 2 per SM, each split holding at least 512
-    positions; at most 64. A pure function of Python ints (CUDA-graph safe).
+    """Splits per request: enough programs for about 2 per SM, each split holding at least 128
+    positions (of max_kv_len; splits are cut from each request's real length); at most 64. A
+    pure function of Python ints (CUDA-graph safe).
 
     Measured on an H100 (benchmarks/kernel_sweep.py, bf16, 32/8 heads, d 128): one split is best
     from batch 64 up (64 x 4k: 82% of copy bandwidth vs 78% at 5 splits; 256 x 1k: 61% vs 20% at
-    2); a lone 16k-token request wants 16-64 splits (23% vs 4.5% with one)."""
+    2); a lone 16k-token request wants 16-64 splits (23% vs 4.5% with one). A lone short request
+    is latency-bound (each tile waits for its slot-index load): with 128 positions per split a
+    1k-token request in a 4k graph bucket runs as 16 one-tile splits per KV head."""
     by_occupancy = triton.cdiv(2 * sm_count, max(1, batch * kv_heads))
-    by_length = max(1, max_kv_len // 512)
+    by_length = max(1, max_kv_len // 128)
     return max(1, min(64, by_occupancy, by_length))
 
 

@@ -106,7 +106,7 @@ def test_choose_num_splits() -> None:
     assert choose_num_splits(1, 8, 32768, 132) >= 16  # one long request: many splits
     assert choose_num_splits(512, 8, 4096, 132) == 1  # big batch fills the GPU already
     assert choose_num_splits(64, 8, 4096, 132) == 1  # measured best on an H100
-    assert choose_num_splits(1, 8, 1024, 132) == 2
+    assert choose_num_splits(1, 8, 1024, 132) == 8  # lone short request: 128 positions each
 
 
 def test_errors() -> None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raylight.engine.layers.linear import check_shape
+from raylight.engine.layers.linear import check_shape, linear
 from raylight.engine.parallel import TPGroup
 
 
@@ -41,7 +41,9 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(VocabParallelEmbedding):
     """logits = hidden @ E^T, gathered over ranks and cut back to the real vocabulary."""
 
+    skinny: bool = False  # set by layers.fused.use_fused_kernels
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, H] -> logits: [N, vocab]
-        logits = F.linear(hidden, self.weight)
+        logits = linear(hidden, self.weight, None, self.skinny)
         return self.tp.all_gather_last_dim(logits)[:, : self.vocab_size]

@@ -13,6 +13,18 @@ from torch import nn
 
 from raylight.engine.errors import ModelDirectoryError
 from raylight.engine.parallel import TPGroup
+from raylight.kernels.skinny_linear import MAX_ROWS, choose_config, skinny_linear
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skinny: bool
+) -> torch.Tensor:
+    """F.linear, or with `skinny` the Triton small-batch kernel where its sweep says it wins."""
+    if skinny and x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.stride(-1) == 1:
+        config = choose_config(x.shape[0], weight.shape[0], weight.shape[1])
+        if config is not None:
+            return skinny_linear(x, weight, bias, config)
+    return F.linear(x, weight, bias)
 
 
 def check_shape(name: str, got: torch.Tensor, expected: tuple[int, ...]) -> None:
@@ -29,6 +41,8 @@ class ColumnParallelLinear(nn.Module):
     split across ranks separately, so shard `i` of this rank sits at `offsets[i]`.
     """
 
+    skinny: bool = False  # set by layers.fused.use_fused_kernels
+
     def __init__(
         self, in_features: int, output_sizes: list[int], bias: bool, tp: TPGroup, dtype: torch.dtype
     ) -> None:
@@ -42,7 +56,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_local, dtype=dtype), False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.skinny)
 
     def load_shard(self, name: str, loaded: torch.Tensor, shard: int = 0) -> None:
         """Copies this rank's rows of the full tensor `loaded` (weight or bias) into `shard`."""
@@ -100,13 +114,17 @@ class QKVParallelLinear(ColumnParallelLinear):
         """[T, q+k+v] -> q [T, heads, D], k [T, kv_heads, D], v [T, kv_heads, D] (local heads)."""
         q, k, v = qkv.split(self.local_sizes, dim=-1)
         d = self.head_dim
-        return q.view(-1, self.num_heads_local, d), k.view(-1, self.num_kv_heads_local, d), v.view(
-            -1, self.num_kv_heads_local, d
+        return (
+            q.view(-1, self.num_heads_local, d),
+            k.view(-1, self.num_kv_heads_local, d),
+            v.view(-1, self.num_kv_heads_local, d),
         )
 
 
 class RowParallelLinear(nn.Module):
     """y = all_reduce(x_local W_local^T) + b, with W's columns (input features) split."""
+
+    skinny: bool = False  # set by layers.fused.use_fused_kernels
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool, tp: TPGroup, dtype: torch.dtype
@@ -119,7 +137,7 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tp.all_reduce(F.linear(x, self.weight))
+        y = self.tp.all_reduce(linear(x, self.weight, None, self.skinny))
         return y if self.bias is None else y + self.bias
 
     def load_shard(self, name: str, loaded: torch.Tensor, shard: int = 0) -> None:

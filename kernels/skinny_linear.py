@@ -1,0 +1,209 @@
+"""y = x W^T (+ b) for a few rows of x: the decode-step linear layers at small batch.
+
+At batch 1..8 a linear layer is a stream over W: every weight byte is read once and used for a
+handful of multiply-adds, so the kernel's only job is to keep enough loads in flight to reach
+the memory's bandwidth. cuBLAS picks tile shapes made for compute-bound GEMMs and, at M = 1,
+stays about 8-10% under the copy bandwidth (GPU.md); this kernel gives each program a strip of
+BLOCK_N output features, walks K in BLOCK_K chunks with software-pipelined loads, and reduces
+at the end.
+
+Two inner products, chosen per device, shape and M by `choose_config` from a table that
+benchmarks/skinny_sweep.py measures and writes to skinny_linear_configs/<device>.json:
+- "fma": x and the W tile multiplied elementwise in fp32 and summed over K (no tensor cores).
+- "dot": `tl.dot` with x padded to 16 rows (tensor cores; the padding costs nothing here).
+
+Layout: x [M, K] (last dim contiguous), W [N, K] row-major (nn.Linear's layout), b [N];
+y [M, N] in x's dtype, accumulated in fp32 and rounded once, like cuBLAS.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from raylight.kernels._common import (
+    FLOAT_DTYPES,
+    check_dim,
+    check_last_dim_contiguous,
+    check_same_device,
+    check_tensor,
+    interpreting,
+)
+
+MAX_ROWS = 8  # beyond this, the layers call cuBLAS (compute starts to matter)
+
+
+@dataclass(frozen=True, slots=True)
+class SkinnyConfig:
+    use_dot: bool
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+@triton.jit
+def _skinny_linear_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    rk = tl.arange(0, BLOCK_K)
+    n_ok = rn < N
+    m_ok = rm < M
+    # Rows past N read row 0 instead of being masked: the loads stay unmasked (vectorized) and
+    # those columns are never stored.
+    rn_read = tl.where(n_ok, rn, 0).to(tl.int64)
+    w_ptrs = w_ptr + rn_read[:, None] * stride_wn + rk[None, :]
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+            x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
+        else:
+            k_ok = (k0 + rk) < K
+            w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+            x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if USE_DOT:
+            if DOT_IN_FP32:
+                acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
+            else:
+                acc += tl.dot(x, tl.trans(w))
+        else:
+            prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+            acc += tl.sum(prod, axis=2)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+DEFAULT_CONFIG = SkinnyConfig(use_dot=False, block_n=16, block_k=512, num_warps=4, num_stages=3)
+TABLE_DIR = Path(__file__).parent / "skinny_linear_configs"
+
+
+def table_path(device_name: str) -> Path:
+    return TABLE_DIR / (re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
+
+
+@functools.lru_cache(maxsize=8)
+def load_table(device_name: str) -> dict[tuple[int, int], list[tuple[int, SkinnyConfig | None]]]:
+    """The measured table for a device: (n, k) -> [(m, best config or None = cuBLAS)] by m.
+    Written by benchmarks/skinny_sweep.py; empty when the device was never swept."""
+    path = table_path(device_name)
+    if not path.exists():
+        return {}
+    table: dict[tuple[int, int], list[tuple[int, SkinnyConfig | None]]] = {}
+    for entry in json.loads(path.read_text())["entries"]:
+        cfg = None if entry["config"] is None else SkinnyConfig(*entry["config"])
+        table.setdefault((entry["n"], entry["k"]), []).append((entry["m"], cfg))
+    for rows in table.values():
+        rows.sort(key=lambda r: r[0])
+    return table
+
+
+def choose_config(m: int, n: int, k: int, device_name: str | None = None) -> SkinnyConfig | None:
+    """Launch settings for an [m, k] x [n, k]^T product, or None where cuBLAS is faster.
+
+    From the device's swept table (the entry for the smallest swept m >= m); shapes never swept
+    use the kernel at m = 1 only (where cuBLAS is weakest) with DEFAULT_CONFIG."""
+    if device_name is None and torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name()
+    for swept_m, cfg in load_table(device_name or "").get((n, k), []):
+        if swept_m >= m:
+            return cfg
+    return DEFAULT_CONFIG if m == 1 else None
+
+
+def skinny_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    config: SkinnyConfig | None = None,
+) -> torch.Tensor:
+    """x [M, K] (M <= MAX_ROWS), weight [N, K], bias [N] or None -> y [M, N] in x's dtype."""
+    check_tensor("x", x, 2, FLOAT_DTYPES, "[M, K]")
+    check_tensor("weight", weight, 2, (x.dtype,), "[N, K]")
+    check_last_dim_contiguous("x", x)
+    if not weight.is_contiguous():
+        raise ValueError(f"weight: must be contiguous [N, K], got strides {weight.stride()}")
+    m, k = x.shape
+    n = weight.shape[0]
+    check_dim("weight", weight, 1, k, "K, the input features")
+    if m > MAX_ROWS:
+        raise ValueError(f"x: at most {MAX_ROWS} rows (use F.linear above that), got {m}")
+    tensors = {"x": x, "weight": weight}
+    if bias is not None:
+        check_tensor("bias", bias, 1, (x.dtype,), "[N]")
+        check_dim("bias", bias, 0, n, "N, the output features")
+        tensors["bias"] = bias
+    check_same_device(**tensors)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return y
+    if k == 0:
+        return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
+    cfg = config or choose_config(m, n, k) or DEFAULT_CONFIG
+    if x.dtype == torch.float32 and cfg.use_dot:  # tl.dot would round fp32 operands to tf32
+        cfg = SkinnyConfig(False, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages)
+    block_m = 16 if cfg.use_dot else triton.next_power_of_2(m)
+    block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
+    _skinny_linear_kernel[(triton.cdiv(n, cfg.block_n),)](
+        x,
+        weight,
+        bias if bias is not None else weight,
+        y,
+        m,
+        n,
+        k,
+        x.stride(0),
+        weight.stride(0),
+        y.stride(0),
+        HAS_BIAS=bias is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=block_k,
+        USE_DOT=cfg.use_dot,
+        DOT_IN_FP32=interpreting(x) and x.dtype != torch.float32,
+        EVEN_K=k % block_k == 0,
+        STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps,
+    )
+    return y
+
+
+def skinny_linear_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Reference: fp32 math, rounded once to x's dtype."""
+    b = None if bias is None else bias.float()
+    return F.linear(x.float(), weight.float(), b).to(x.dtype)

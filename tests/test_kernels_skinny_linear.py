@@ -1,0 +1,106 @@
+"""Small-batch linear kernel against its torch reference, its config table, and the layers'
+dispatch between it and F.linear."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import raylight.kernels.skinny_linear as sk
+from raylight.engine.layers.linear import linear
+from raylight.kernels.skinny_linear import SkinnyConfig, skinny_linear, skinny_linear_ref
+
+# Both inner products, a tile wider than N, one without software pipelining.
+CONFIGS = [
+    SkinnyConfig(False, 16, 64, 4, 2),
+    SkinnyConfig(True, 16, 64, 4, 2),
+    SkinnyConfig(False, 8, 128, 4, 1),
+]
+TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,n,k", [(1, 37, 100), (3, 64, 256), (8, 50, 1030), (1, 16, 16)])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["fma", "dot", "fma-nostage"])
+def test_matches_reference(dtype, m: int, n: int, k: int, cfg: SkinnyConfig) -> None:
+    gen = torch.Generator().manual_seed(m * 7 + n * 13 + k)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    w = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype)
+    atol, rtol = TOL[dtype]
+    for bias in (None, b):
+        y = skinny_linear(x, w, bias, cfg)
+        assert y.shape == (m, n) and y.dtype == dtype
+        torch.testing.assert_close(y, skinny_linear_ref(x, w, bias), atol=atol, rtol=rtol)
+    # The reference agrees with an independent float64 product.
+    exact = (x.double() @ w.double().t() + b.double()).to(dtype)
+    torch.testing.assert_close(skinny_linear_ref(x, w, b), exact, atol=atol, rtol=rtol)
+
+
+def test_strided_rows_and_empty() -> None:
+    base = torch.randn(3, 80)
+    x = base[:, :64]  # row stride 80
+    w = torch.randn(24, 64)
+    torch.testing.assert_close(skinny_linear(x, w), skinny_linear_ref(x, w), atol=1e-4, rtol=1e-4)
+    assert skinny_linear(torch.randn(0, 8), torch.randn(5, 8)).shape == (0, 5)
+    b = torch.randn(5)
+    y = skinny_linear(torch.randn(2, 0), torch.randn(5, 0), b)
+    torch.testing.assert_close(y, b.expand(2, 5))
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="at most 8 rows"):
+        skinny_linear(torch.randn(9, 16), torch.randn(4, 16))
+    with pytest.raises(ValueError, match="K, the input features"):
+        skinny_linear(torch.randn(1, 16), torch.randn(4, 15))
+    with pytest.raises(ValueError, match="weight: expected dtype"):
+        skinny_linear(torch.randn(1, 16), torch.randn(4, 16, dtype=torch.float16))
+    with pytest.raises(ValueError, match="weight: must be contiguous"):
+        skinny_linear(torch.randn(1, 16), torch.randn(16, 4).t())
+    with pytest.raises(ValueError, match="bias: dim 0"):
+        skinny_linear(torch.randn(1, 16), torch.randn(4, 16), torch.randn(5))
+
+
+def test_config_table(tmp_path, monkeypatch) -> None:
+    """The table picks the entry of the smallest swept M >= M; null means cuBLAS; shapes never
+    swept get the kernel at M = 1 only."""
+    monkeypatch.setattr(sk, "TABLE_DIR", tmp_path)
+    sk.load_table.cache_clear()
+    fast = [True, 32, 256, 4, 4]
+    entries = [{"n": 64, "k": 128, "m": 1, "config": fast},
+               {"n": 64, "k": 128, "m": 4, "config": None}]  # fmt: skip
+    sk.table_path("Fake GPU 80GB").write_text(json.dumps({"entries": entries}))
+    try:
+        assert sk.choose_config(1, 64, 128, "Fake GPU 80GB") == SkinnyConfig(*fast)
+        assert sk.choose_config(2, 64, 128, "Fake GPU 80GB") is None
+        assert sk.choose_config(8, 64, 128, "Fake GPU 80GB") is None  # above the swept M
+        assert sk.choose_config(1, 32, 128, "Fake GPU 80GB") == sk.DEFAULT_CONFIG
+        assert sk.choose_config(2, 32, 128, "Fake GPU 80GB") is None
+        assert sk.choose_config(1, 64, 128, "Other GPU") == sk.DEFAULT_CONFIG
+    finally:
+        sk.load_table.cache_clear()
+
+
+def test_layer_dispatch_matches_f_linear() -> None:
+    x = torch.randn(2, 32)
+    w, b = torch.randn(48, 32), torch.randn(48)
+    want = F.linear(x, w, b)
+    torch.testing.assert_close(linear(x, w, b, skinny=False), want)
+    torch.testing.assert_close(linear(x[:1], w, b, skinny=True), want[:1], atol=1e-4, rtol=1e-4)
+    big = torch.randn(12, 32)  # above MAX_ROWS: F.linear
+    torch.testing.assert_close(linear(big, w, b, skinny=True), F.linear(big, w, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 2, 4, 8])
+def test_gpu_llama_shapes(m: int) -> None:
+    for n, k in [(6144, 4096), (4096, 14336), (128256, 4096)]:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        for cfg in CONFIGS + [sk.choose_config(m, n, k) or sk.DEFAULT_CONFIG]:
+            torch.testing.assert_close(
+                skinny_linear(x, w, None, cfg), skinny_linear_ref(x, w), atol=2e-2, rtol=2e-2
+            )
