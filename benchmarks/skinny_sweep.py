@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from raylight.benchmarks.gpu_bench_device import median_ms
+from raylight.benchmarks.gpu_bench_device import copy_bandwidth, median_ms
 from raylight.kernels.skinny_linear import (
     SkinnyConfig,
     skinny_linear,
@@ -42,12 +42,6 @@ CONFIGS = [SkinnyConfig(False, bn, bk, w, s) for bn, bk, w, s in [
     (16, 256, 4, 3), (16, 512, 4, 3), (16, 256, 4, 5), (32, 128, 4, 4), (32, 256, 4, 4),
     (64, 128, 4, 4)]]  # fmt: skip
 COPY_BYTES = 2**30
-
-
-def copy_bandwidth() -> float:
-    src = torch.empty(COPY_BYTES, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * COPY_BYTES / (median_ms(lambda: dst.copy_(src)) / 1e3)
 
 
 def time_per_call(fn, xs, ws) -> float:
@@ -105,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-table", action="store_true")
     args = ap.parse_args(argv)
     rows = [int(r) for r in args.rows.split(",")]
-    copy_bw = copy_bandwidth()
+    copy_bw = copy_bandwidth(torch.device("cuda"), COPY_BYTES, iters=10)["bytes_per_s"]
     print(f"copy bandwidth {copy_bw / 1e12:.3f} TB/s", flush=True)
     results = []
     for name, n, k, _count in SHAPES:

@@ -131,14 +131,21 @@ def load_table(device_name: str) -> dict[tuple[int, int], list[tuple[int, Skinny
     return table
 
 
+@functools.lru_cache(maxsize=4)
+def _cuda_device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+
+
+@functools.lru_cache(maxsize=1024)
 def choose_config(m: int, n: int, k: int, device_name: str | None = None) -> SkinnyConfig | None:
     """Launch settings for an [m, k] x [n, k]^T product, or None where cuBLAS is faster.
 
     From the device's swept table (the entry for the smallest swept m >= m); shapes never swept
-    use the kernel at m = 1 only (where cuBLAS is weakest) with DEFAULT_CONFIG."""
-    if device_name is None and torch.cuda.is_available():
-        device_name = torch.cuda.get_device_name()
-    for swept_m, cfg in load_table(device_name or "").get((n, k), []):
+    use the kernel at m = 1 only (where cuBLAS is weakest) with DEFAULT_CONFIG. Cached: the
+    layers ask on every forward."""
+    if device_name is None:
+        device_name = _cuda_device_name()
+    for swept_m, cfg in load_table(device_name).get((n, k), []):
         if swept_m >= m:
             return cfg
     return DEFAULT_CONFIG if m == 1 else None

@@ -69,6 +69,7 @@ def test_config_table(tmp_path, monkeypatch) -> None:
     swept get the kernel at M = 1 only."""
     monkeypatch.setattr(sk, "TABLE_DIR", tmp_path)
     sk.load_table.cache_clear()
+    sk.choose_config.cache_clear()
     fast = [True, 32, 256, 4, 4]
     entries = [{"n": 64, "k": 128, "m": 1, "config": fast},
                {"n": 64, "k": 128, "m": 4, "config": None}]  # fmt: skip
@@ -82,16 +83,31 @@ def test_config_table(tmp_path, monkeypatch) -> None:
         assert sk.choose_config(1, 64, 128, "Other GPU") == sk.DEFAULT_CONFIG
     finally:
         sk.load_table.cache_clear()
+        sk.choose_config.cache_clear()
 
 
-def test_layer_dispatch_matches_f_linear() -> None:
+def test_layer_dispatch_matches_f_linear(monkeypatch) -> None:
+    """`linear` runs the kernel only with `skinny`, at most MAX_ROWS rows and a config."""
+    import raylight.engine.layers.linear as linear_mod
+
+    calls = []
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return skinny_linear(*args)
+
+    monkeypatch.setattr(linear_mod, "skinny_linear", counting)
     x = torch.randn(2, 32)
     w, b = torch.randn(48, 32), torch.randn(48)
     want = F.linear(x, w, b)
     torch.testing.assert_close(linear(x, w, b, skinny=False), want)
+    assert calls == []
     torch.testing.assert_close(linear(x[:1], w, b, skinny=True), want[:1], atol=1e-4, rtol=1e-4)
+    assert calls == [1]  # an unswept shape at M = 1: the kernel with DEFAULT_CONFIG
+    linear(x, w, b, skinny=True)  # M = 2 of an unswept shape: cuBLAS
     big = torch.randn(12, 32)  # above MAX_ROWS: F.linear
     torch.testing.assert_close(linear(big, w, b, skinny=True), F.linear(big, w, b))
+    assert calls == [1]
 
 
 @pytest.mark.gpu
