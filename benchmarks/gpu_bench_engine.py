@@ -160,7 +160,8 @@ class EngineHolder:
             info = {"load_s": load_s, "warmup_s": self._warm_up(self.llm.core),
                     "num_kv_slots": self.llm.core.runner.num_slots,
                     "attention_backend": config.attention_backend,  # resolved ("auto" is not)
-                    "enforce_eager": getattr(config, "enforce_eager", None)}  # fmt: skip
+                    "enforce_eager": config.enforce_eager,
+                    "async_scheduling": config.async_scheduling}  # fmt: skip
             self.loads.append(info)
             print(f"  engine loaded in {load_s:.1f} s, warm-up {info['warmup_s']:.1f} s, "
                   f"{info['num_kv_slots']} KV slots", flush=True)  # fmt: skip

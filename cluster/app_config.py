@@ -48,6 +48,7 @@ _ENGINE_KEYS = {
     "device": str,
     "enable_prefix_caching": _bool,
     "admission_policy": str,
+    "async_scheduling": _bool,
 }
 _APP_KEYS = {
     "model": str,

@@ -39,6 +39,9 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--admission-policy", default=None,
                    choices=["conservative", "aggressive", "past-future"],
                    help="how an engine admits waiting requests (default: conservative)")
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="schedule each step while the previous one runs on the GPU "
+                   "(default: on with CUDA at tensor-parallel size 1)")  # fmt: skip
     p.set_defaults(handler=run_serve)
 
 
@@ -46,7 +49,7 @@ _APP_ARGS = (
     "model", "served_model_name", "api_key", "num_engine_replicas", "num_ingress_replicas",
     "max_queued_requests", "max_request_body_bytes", "tensor_parallel_size", "max_model_len",
     "max_num_seqs", "max_num_batched_tokens", "dtype", "gpu_memory_utilization", "seed",
-    "enable_prefix_caching", "admission_policy",
+    "enable_prefix_caching", "admission_policy", "async_scheduling",
 )  # fmt: skip
 
 

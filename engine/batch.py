@@ -48,6 +48,11 @@ class Batch:
     table_rows: np.ndarray = field(default_factory=_no_entries)  # int64 [E]
     table_positions: np.ndarray = field(default_factory=_no_entries)  # int64 [E]
     table_slots: np.ndarray = field(default_factory=_no_entries)  # int64 [E]
+    # P decode tokens whose input is the sampled id of the batch still running (scheduled
+    # ahead, overlap): input_ids[pending_lanes[p]] = that batch's sampled ids[pending_rows[p]],
+    # on the device. input_ids holds 0 there.
+    pending_lanes: np.ndarray = field(default_factory=_no_entries)  # int64 [P]
+    pending_rows: np.ndarray = field(default_factory=_no_entries)  # int64 [P]
 
     @property
     def num_tokens(self) -> int:

@@ -44,6 +44,9 @@ class EngineOptions:
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
     cuda_graph_max_batch: int = 256
+    # Schedule and launch each step while the one before still runs on the device (vLLM's
+    # async scheduling, SGLang's overlap scheduler). None: on CUDA at tensor_parallel_size 1.
+    async_scheduling: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class EngineConfig:
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
+    # Only at TP=1: worker ranks never see the sampled ids that scheduled-ahead steps read.
+    async_scheduling: bool = False
 
 
 def resolve_engine_config(
@@ -108,6 +113,11 @@ def resolve_engine_config(
             f"tensor_parallel_size={options.tensor_parallel_size} does not divide the model's "
             f"{arch.num_heads} attention heads / {arch.num_kv_heads} KV heads"
         )
+    async_scheduling = options.async_scheduling
+    if async_scheduling is None:
+        async_scheduling = device.type == "cuda" and options.tensor_parallel_size == 1
+    if async_scheduling and options.tensor_parallel_size > 1:
+        raise ValueError("async_scheduling needs tensor_parallel_size=1 for now")
     num_slots = options.num_kv_slots
     if num_slots is None and device.type != "cuda":
         num_slots = max(options.cpu_kv_cache_tokens, max_model_len)
@@ -141,6 +151,7 @@ def resolve_engine_config(
         ),
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
+        async_scheduling=async_scheduling,
     )
 
 

@@ -105,9 +105,13 @@ class DecodeGraphs:
             and bool((batch.logits_indices == np.arange(b)).all())
         )
 
-    def run(self, batch: Batch) -> torch.Tensor:
+    def run(
+        self, batch: Batch, pending: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Replays the bucket of a decode-only batch (`can_run`); returns hidden states [B, hidden]
-        of the real lanes (a view of the graph's output: valid until the next replay)."""
+        of the real lanes (a view of the graph's output: valid until the next replay).
+        `pending`: (lanes, ids) int64 device tensors: input ids that the step before sampled,
+        written over the batch's placeholders on the device."""
         b = batch.req_rows.shape[0]
         size = self.sizes[bisect.bisect_left(self.sizes, b)]
         # The host buffer is reused: wait for the previous step's copy out of it (long done).
@@ -122,6 +126,8 @@ class DecodeGraphs:
         # The whole buffer (contiguous, <= 10 KB): a strided copy would go through pageable memory.
         self._static.copy_(self._host, non_blocking=True)
         self._copied.record()
+        if pending is not None:
+            self._static[_IDS].index_copy_(0, pending[0], pending[1])
         self._graphs[size].replay()
         self.num_replays += 1
         return self._hidden[size][:b]

@@ -1,6 +1,10 @@
 """One engine replica's core loop: schedule -> execute -> update, token ids in and out.
 
 No tokenizer, no text: callers hand in token ids and get `RequestDelta`s back.
+
+With `async_scheduling`, a step schedules and launches the next batch before it waits for the
+one on the device, so the host's scheduling and batch building hide under the device's work;
+each `step()` then returns the deltas of the batch launched one step earlier.
 """
 
 from __future__ import annotations
@@ -9,11 +13,11 @@ import random
 import time
 
 from raylight.engine.admission import make_policy
-from raylight.engine.batch import RequestDelta
+from raylight.engine.batch import Batch, RequestDelta
 from raylight.engine.config import EngineConfig
 from raylight.engine.errors import RequestRejectedError
 from raylight.engine.kv_pool import SlotAllocator
-from raylight.engine.model_runner import ModelRunner
+from raylight.engine.model_runner import LaunchedStep, ModelRunner, StepResult
 from raylight.engine.prefix_cache import PrefixCache
 from raylight.engine.request import Request
 from raylight.engine.sampling_params import SamplingParams
@@ -33,10 +37,12 @@ class EngineCore:
         )
         self.requests: dict[str, Request] = {}
         self._seed_rng = random.Random(config.seed)
+        self._launched: LaunchedStep | None = None  # async scheduling: on the device, not updated
+        self.num_scheduled_ahead = 0  # batches launched before the previous one was updated
 
     @property
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished
+        return self.scheduler.has_unfinished or self._launched is not None
 
     def make_request(
         self,
@@ -83,10 +89,26 @@ class EngineCore:
         return True
 
     def step(self) -> list[RequestDelta]:
-        batch = self.scheduler.schedule()
-        if batch is None:
-            return []
-        result = self.runner.execute(batch)
+        if not self.config.async_scheduling:
+            batch = self.scheduler.schedule()
+            if batch is None:
+                return []
+            return self._update(batch, self.runner.execute(batch))
+        running = self._launched
+        if running is None:
+            batch = self.scheduler.schedule()
+            if batch is None:
+                return []
+            running = self.runner.launch(batch)
+        self._launched = None
+        if not running.needs_history:
+            ahead = self.scheduler.schedule(ahead=True)
+            if ahead is not None:
+                self._launched = self.runner.launch(ahead, prev=running)
+                self.num_scheduled_ahead += 1
+        return self._update(running.batch, running.result())
+
+    def _update(self, batch: Batch, result: StepResult) -> list[RequestDelta]:
         deltas = self.scheduler.update(batch, result.token_ids, result.logprobs)
         for d in deltas:
             if d.finish_reason is not None:

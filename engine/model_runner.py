@@ -2,6 +2,8 @@
 
 Owns the model shard, the device KV buffers and the device copy of the ReqToToken table. The
 host never waits on the device except to copy out the sampled ids (and requested logprobs).
+`launch` queues a step and returns at once; `LaunchedStep.result` waits for its ids, so the host
+can schedule and launch the next step in between (overlap; see EngineCore.step).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from raylight.engine.layers.attention import ForwardContext
 from raylight.engine.layers.fused import use_fused_kernels
 from raylight.engine.models.registry import model_class
 from raylight.engine.parallel import TPGroup
-from raylight.engine.sampler import Sampler, SamplerOutput
+from raylight.engine.request import Request
+from raylight.engine.sampler import DeviceSample, Sampler, SamplerOutput, pack, unpack
 from raylight.engine.sampling_inputs import build_sampling_inputs, needs_only_argmax
 from raylight.engine.weights import iter_weights
 from raylight.kernels.argmax import argmax_rows
@@ -33,6 +36,32 @@ class StepResult:
     token_ids: list[int]  # one per sampling request, in batch.sample_indices order
     logprobs: list[TokenLogprobs | None] | None  # None when no request asked for logprobs
     logits: torch.Tensor | None = None  # [S, vocab], only when asked for (tests compare them)
+
+
+@dataclass(slots=True)
+class LaunchedStep:
+    """A step queued on the device. `sample` is None when no request samples; `host` is the
+    packed results' copy to the host, complete once `copied` has (None: on the CPU, where
+    everything already happened). `needs_history`: a request sampling here uses penalties, so
+    no batch may be scheduled before this one's tokens are known."""
+
+    batch: Batch
+    requests: list[Request]  # the sampling requests, in sample_indices order
+    sample: DeviceSample | None
+    host: torch.Tensor | None
+    copied: torch.cuda.Event | None
+    needs_history: bool
+    logits: torch.Tensor | None = None  # float32 [S, vocab] on the host, when asked for
+
+    def result(self) -> StepResult:
+        """Waits for the sampled ids (and logprobs) on the host."""
+        if self.sample is None or self.host is None:
+            return StepResult([], None)
+        if self.copied is not None:
+            self.copied.synchronize()
+        result = _step_result(unpack(self.host, self.sample.num_top), self.requests)
+        result.logits = self.logits
+        return result
 
 
 class ModelRunner:
@@ -108,49 +137,79 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: Batch, keep_logits: bool = False) -> StepResult:
-        logits = self.forward(batch)
-        if logits is None:
-            return StepResult([], None)
-        requests = batch.sampling_requests
-        if needs_only_argmax(requests):
-            # Greedy, no logprobs/penalties/bans: no sampling tensors, one copy of the ids.
-            ids = argmax_rows(logits) if self.config.fused_kernels else logits.argmax(dim=-1)
-            result = StepResult(ids.cpu().tolist(), None)
-        else:
-            inputs = build_sampling_inputs(requests, self.config.arch.vocab_size, self.device)
-            result = _step_result(self.sampler(logits, inputs), requests)
-        if keep_logits:
-            result.logits = logits.float().cpu()
-        return result
+        """Runs one step and waits for its results."""
+        return self.launch(batch, keep_logits=keep_logits).result()
 
     @torch.inference_mode()
-    def forward(self, batch: Batch, eager: bool = False) -> torch.Tensor | None:
+    def launch(
+        self, batch: Batch, prev: LaunchedStep | None = None, keep_logits: bool = False
+    ) -> LaunchedStep:
+        """Queues the forward pass and sampling of `batch`; waits for nothing. `prev` is the
+        step still running whose sampled ids feed `batch.pending_lanes` (scheduled ahead)."""
+        prev_ids = None
+        if batch.pending_lanes.shape[0]:
+            assert prev is not None and prev.sample is not None, "pending inputs need prev"
+            prev_ids = prev.sample.token_ids
+        logits = self.forward(batch, prev_ids=prev_ids)
+        requests = batch.sampling_requests
+        if logits is None:
+            return LaunchedStep(batch, requests, None, None, None, False)
+        kept = logits.float().cpu() if keep_logits else None
+        if needs_only_argmax(requests):
+            # Greedy, no logprobs/penalties/bans: no sampling tensors, ids only.
+            ids = argmax_rows(logits) if self.config.fused_kernels else logits.argmax(dim=-1)
+            sample = pack(ids, None, -1)
+            history = False
+        else:
+            inputs = build_sampling_inputs(requests, self.config.arch.vocab_size, self.device)
+            sample = self.sampler.sample(logits, inputs)
+            history = any(r.params.uses_penalties for r in requests)
+        if self.device.type != "cuda":
+            return LaunchedStep(batch, requests, sample, sample.packed, None, history, kept)
+        host = torch.empty(sample.packed.shape, dtype=torch.int64, pin_memory=True)
+        host.copy_(sample.packed, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return LaunchedStep(batch, requests, sample, host, copied, history, kept)
+
+    @torch.inference_mode()
+    def forward(
+        self, batch: Batch, eager: bool = False, prev_ids: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """Runs the model; returns the logits [S, vocab] of the sampling requests (None if no
         request samples). Every tensor-parallel rank calls this with the same batch.
-        Decode-only batches within the largest bucket replay a CUDA graph unless `eager`."""
+        Decode-only batches within the largest bucket replay a CUDA graph unless `eager`.
+        `prev_ids`: int64 [S'] sampled ids of the step before, read at `batch.pending_lanes`."""
         if not eager and self.graphs is not None and self.graphs.can_run(batch):
-            return self._forward_graph(batch)
-        return self._forward_eager(batch)
+            return self._forward_graph(batch, prev_ids)
+        return self._forward_eager(batch, prev_ids)
 
-    def _forward_graph(self, batch: Batch) -> torch.Tensor:
+    def _forward_graph(self, batch: Batch, prev_ids: torch.Tensor | None) -> torch.Tensor:
         b = batch
-        if b.table_rows.shape[0]:
-            # Entries the scheduler wrote without computing them (prefix cache): before attention.
-            t_rows, t_positions, t_slots = self.uploader.upload(
-                [b.table_rows, b.table_positions, b.table_slots]
+        pending = None
+        if b.table_rows.shape[0] or prev_ids is not None:
+            t_rows, t_positions, t_slots, lanes, prev_rows = self.uploader.upload(
+                [b.table_rows, b.table_positions, b.table_slots, b.pending_lanes, b.pending_rows]
             )
-            write_table(self.req_to_token, t_rows, t_positions, t_slots)
+            # Entries the scheduler wrote without computing them (prefix cache): before attention.
+            if b.table_rows.shape[0]:
+                write_table(self.req_to_token, t_rows, t_positions, t_slots)
+            if prev_ids is not None:
+                pending = (lanes, prev_ids.index_select(0, prev_rows))
         assert self.graphs is not None
-        hidden = self.graphs.run(batch)  # [B, hidden]: every request samples, in batch order
+        hidden = self.graphs.run(batch, pending)  # [B, hidden]: every request samples, in order
         return self.model.compute_logits(hidden)
 
-    def _forward_eager(self, batch: Batch) -> torch.Tensor | None:
+    def _forward_eager(self, batch: Batch, prev_ids: torch.Tensor | None) -> torch.Tensor | None:
         b = batch
         arrays = [b.input_ids, b.positions, b.out_slots, b.token_rows,
                   b.cu_seqlens_q, b.seq_lens_kv, b.req_rows, b.logits_indices,
-                  b.table_rows, b.table_positions, b.table_slots]  # fmt: skip
+                  b.table_rows, b.table_positions, b.table_slots, b.pending_lanes,
+                  b.pending_rows]  # fmt: skip
         (input_ids, positions, out_slots, token_rows, cu_q, kv_lens, req_rows, logits_idx,
-         t_rows, t_positions, t_slots) = self.uploader.upload(arrays)  # fmt: skip
+         t_rows, t_positions, t_slots, lanes, prev_rows) = self.uploader.upload(arrays)  # fmt: skip
+        if prev_ids is not None:
+            input_ids.index_copy_(0, lanes, prev_ids.index_select(0, prev_rows))
         # The scheduler wrote these entries into its host table; mirror them on the device.
         # Cached-prefix entries and new-token entries never share a (row, position).
         if b.table_rows.shape[0]:

@@ -11,8 +11,8 @@ with the next batch. With a cache:
 - requests give their computed tokens to the tree when they finish, are aborted or preempted
   (`release`), and their prompt once its prefill completes (`share_prefills`, next step), so
   that requests running alongside share it;
-- every host-side table entry it rewrites is queued, and the queue is emptied every step: into
-  the batch (`flush_table_writes`) or dropped when no batch runs (its rows were freed).
+- every host-side table entry it rewrites is queued until the next batch takes it
+  (`flush_table_writes`); entries of a row are dropped when the row is freed (`forget_row`).
 
 It never allocates slots, never evicts, never picks which requests run, and never allocates or
 frees table rows; the scheduler does all of that. Without a cache it matches nothing and queues
@@ -99,10 +99,12 @@ class PrefixSharing:
             req.num_prefix = c
         self._prefilled.clear()
 
-    def drop_table_writes(self) -> None:
-        """Nothing runs this step, so pending table entries are for freed rows: never let them
-        reach a later batch, where they could collide with a reused row's entries."""
-        self._table_writes.clear()
+    def forget_row(self, row: int) -> None:
+        """`row` is being freed: drop its queued entries, which could otherwise reach the device
+        with a later batch alongside the entries of the request that reuses the row. Queued
+        entries are thus always for rows of running requests."""
+        if self._table_writes:
+            self._table_writes = [w for w in self._table_writes if w[0] != row]
 
     def flush_table_writes(self, batch: Batch) -> None:
         """Moves this step's extra table entries (if any) into `batch`."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from raylight.engine.prefix_cache import RadixNode
 from raylight.engine.sampling_params import SamplingParams
 
+PENDING = -1  # an output token sampled by a batch still on the device
+
 
 class RequestStatus(enum.Enum):
     WAITING = enum.auto()  # queued, or preempted and waiting to recompute its KV
@@ -23,12 +25,20 @@ class FinishReason(str, enum.Enum):
 
 @dataclass(slots=True, eq=False)
 class Request:
-    """A request inside the engine. Only `Scheduler.update` (and abort) mutate it.
+    """A request inside the engine. Only the scheduler (`schedule`, `update`, `abort`) mutates it.
 
-    Invariants: `num_computed_tokens` tokens of `prompt + output` have their K/V in the pool, at
-    the slots in row `row` of the ReqToToken table; `num_computed_tokens <= num_tokens`;
-    `num_tokens == len(prompt_token_ids) + len(output_token_ids)` (kept as a field because the
-    scheduler reads it for every running request every step; `Scheduler.update` maintains it).
+    Invariants: `num_computed_tokens` tokens of `prompt + output` have their K/V in the pool (or
+    written by a batch already scheduled), at the slots in row `row` of the ReqToToken table;
+    `num_computed_tokens <= num_tokens`; `num_tokens == len(prompt_token_ids) +
+    len(output_token_ids)` (kept as a field because the scheduler reads it for every running
+    request every step).
+
+    Pending tokens: `schedule` appends one `PENDING` placeholder per request that samples in the
+    batch and `update` overwrites the oldest one with the sampled id, so the last
+    `num_pending` output tokens are not known yet (at most 2: one batch running on the device,
+    one scheduled ahead of it). `pending_row` is the newest placeholder's row among the sampled
+    ids of the batch that produces it: the next batch reads its input token from there on the
+    device. Outside a step with overlap there is at most one pending token, else none.
 
     Prefix cache (while running): slots `[0, num_prefix)` of the row are borrowed from the tree
     and pinned by one lock on `prefix_node` (None: no lock held); slots
@@ -54,6 +64,8 @@ class Request:
     prefix_node: RadixNode | None = None
     num_prefix: int = 0
     num_cached_tokens: int = 0
+    num_pending: int = 0
+    pending_row: int = -1
     num_tokens: int = field(init=False, default=-1)
 
     def __post_init__(self) -> None:
@@ -66,6 +78,10 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
+
+    def at_length_limit(self, max_model_len: int) -> bool:
+        """Whether the output (pending tokens counted) has reached max_tokens or the context."""
+        return len(self.output_token_ids) >= self.max_tokens or self.num_tokens >= max_model_len
 
     def token_ids_slice(self, start: int, end: int) -> list[int]:
         """Tokens `[start, end)` of prompt + output, without copying the whole sequence."""

@@ -32,10 +32,26 @@ class SamplerOutput:
     top_logprobs: Tensor | None  # float32 [B, max_num_logprobs]
 
 
+@dataclass(slots=True)
+class DeviceSample:
+    """Results of one step still on the device: `token_ids` for the next step's inputs and
+    `packed` for the one copy to the host (`unpack` reads it there)."""
+
+    token_ids: Tensor  # int64 [B]
+    packed: Tensor  # int64 [B, 1] (ids only) or [B, 2 + 2N] (see _pack)
+    num_top: int  # N; -1 when `packed` holds only the ids
+
+
 class Sampler:
     """Stateless: every random draw is a function of (seed, counter, token id)."""
 
     def __call__(self, logits: Tensor, inputs: SamplingInputs) -> SamplerOutput:
+        """Samples and copies the results to the host (waits for the device)."""
+        sample = self.sample(logits, inputs)
+        return unpack(sample.packed.cpu(), sample.num_top)
+
+    def sample(self, logits: Tensor, inputs: SamplingInputs) -> DeviceSample:
+        """Samples on the device; nothing waits for it."""
         logits = logits.float()  # [B, V]; may alias the caller's tensor: no in-place ops on it
         raw_logprobs = None
         if inputs.max_num_logprobs >= 0:
@@ -49,7 +65,7 @@ class Sampler:
         else:
             is_greedy = inputs.temperature < GREEDY_TEMPERATURE
             token_ids = torch.where(is_greedy, greedy_ids, sample_random(logits, inputs))
-        return _to_host(token_ids, raw_logprobs, inputs.max_num_logprobs)
+        return pack(token_ids, raw_logprobs, inputs.max_num_logprobs)
 
 
 def apply_penalties(logits: Tensor, inputs: SamplingInputs) -> Tensor:
@@ -137,10 +153,11 @@ def _mask_min_p(values: Tensor, row_max: Tensor, min_p: Tensor) -> Tensor:
     return values.masked_fill(values < row_max + min_p.log()[:, None], -math.inf)
 
 
-def _to_host(token_ids: Tensor, raw_logprobs: Tensor | None, num_top: int) -> SamplerOutput:
-    """Copy results to the CPU in one transfer. token_ids: int64 [B]; raw_logprobs: [B, V]."""
+def pack(token_ids: Tensor, raw_logprobs: Tensor | None, num_top: int) -> DeviceSample:
+    """Everything the host needs in one int64 tensor, for one copy. token_ids: int64 [B];
+    raw_logprobs: [B, V] or None (then only the ids travel)."""
     if raw_logprobs is None:
-        return SamplerOutput(token_ids.cpu(), None, None, None)
+        return DeviceSample(token_ids, token_ids[:, None], -1)
     batch = token_ids.shape[0]
     sampled = raw_logprobs.gather(1, token_ids[:, None])  # [B, 1]
     if num_top > 0:
@@ -150,7 +167,14 @@ def _to_host(token_ids: Tensor, raw_logprobs: Tensor | None, num_top: int) -> Sa
         top_ids = token_ids.new_empty((batch, 0))
     # Float32 bits ride in int64 columns (sign-extended int32 views), so one copy carries all.
     floats = torch.cat([sampled, top_logprobs], dim=1).view(torch.int32).to(torch.int64)
-    packed = torch.cat([token_ids[:, None], top_ids, floats], dim=1).cpu()  # [B, 2 + 2N]
+    packed = torch.cat([token_ids[:, None], top_ids, floats], dim=1)  # [B, 2 + 2N]
+    return DeviceSample(token_ids, packed, max(num_top, 0))
+
+
+def unpack(packed: Tensor, num_top: int) -> SamplerOutput:
+    """The host copy of `DeviceSample.packed` -> SamplerOutput."""
+    if num_top < 0:
+        return SamplerOutput(packed[:, 0].contiguous(), None, None, None)
     floats = packed[:, 1 + num_top :].to(torch.int32).view(torch.float32)  # [B, 1 + N]
     return SamplerOutput(
         token_ids=packed[:, 0].contiguous(),

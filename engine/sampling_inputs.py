@@ -32,7 +32,7 @@ class SamplingInputs:
     top_p: Tensor | None  # float32 [B]
     min_p: Tensor | None  # float32 [B]
     seeds: Tensor  # int64 [B]: request.sample_seed
-    counters: Tensor  # int64 [B]: len(output_token_ids), the index of the token being sampled
+    counters: Tensor  # int64 [B]: the index of the token being sampled (its PENDING slot)
     repetition_penalty: Tensor | None  # float32 [B]
     presence_penalty: Tensor | None  # float32 [B]
     frequency_penalty: Tensor | None  # float32 [B]
@@ -50,7 +50,8 @@ def build_sampling_inputs(
     """Gather the sampling parameters and token histories of `requests` into batched tensors."""
     params = [r.params for r in requests]
     temps = [p.temperature for p in params]
-    counters = [len(r.output_token_ids) for r in requests]
+    # Called between schedule and update: each request's last output token is its PENDING one.
+    counters = [len(r.output_token_ids) - 1 for r in requests]
     all_greedy = max(temps, default=0.0) < GREEDY_TEMPERATURE
     int_rows: list[list[int]] = [[r.sample_seed for r in requests], counters]
     float_rows: list[list[float]] = [temps]
@@ -81,7 +82,7 @@ def build_sampling_inputs(
         prompt_mask = _token_mask(rows, [r.prompt_token_ids for r in requests], shape, device)
     if rep_row >= 0 or pres_row >= 0 or freq_row >= 0:
         rows = [i for i, p in enumerate(params) if p.uses_penalties]
-        counts = _token_counts(rows, [r.output_token_ids for r in requests], shape, device)
+        counts = _token_counts(rows, [_known_output(r) for r in requests], shape, device)
 
     logprobs = [p.logprobs for p in params]
     max_num_logprobs = -1
@@ -117,10 +118,19 @@ def needs_only_argmax(requests: Sequence[Request]) -> bool:
             p.temperature >= GREEDY_TEMPERATURE
             or p.logprobs is not None
             or p.uses_penalties
-            or p.min_tokens > len(r.output_token_ids)
+            or p.min_tokens >= len(r.output_token_ids)  # the ban holds below index min_tokens
         ):
             return False
     return True
+
+
+def _known_output(req: Request) -> list[int]:
+    """The output before the token being sampled. Penalties need every earlier token, so a
+    batch with penalties is never scheduled ahead of the batch that samples them."""
+    out = req.output_token_ids[:-1]
+    if req.num_pending > 1:
+        raise RuntimeError("penalties need the tokens of the batch still running")
+    return out
 
 
 def _append_if_used(rows: list[list[float]], values: list[float], neutral: float) -> int:

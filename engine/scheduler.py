@@ -1,8 +1,16 @@
 """Continuous batching with chunked prefill over the token-level KV pool.
 
-`schedule()` picks this step's work (admitting, preempting, sharing prefixes) and allocates its
-KV slots; `update()` applies the sampled tokens. Requests change only in these and in `add` and
-`abort`, never in the middle of a step.
+`schedule()` picks this step's work (admitting, preempting, sharing prefixes), allocates its
+KV slots and reserves its results: it advances `num_computed_tokens` and appends a `PENDING`
+token to each request that samples. `update()` fills in the sampled tokens and finishes
+requests. Requests change only in these and in `add` and `abort`.
+
+Overlap (`schedule(ahead=True)`): the next batch may be scheduled while the last one still runs
+on the device, before its `update`. Its decodes then read their input tokens from the running
+batch's sampled ids on the device (`Batch.pending_lanes`); a request that turns out to finish
+in the running batch has its scheduled-ahead token dropped by `update` (its slot freed). A
+scheduled-ahead batch never preempts: if the pool is short it returns None and the caller
+updates first, then schedules again.
 
 With a prefix cache, `PrefixSharing` (engine/prefix_sharing.py) states and keeps the ownership
 invariants between the tree and the running requests' rows; the scheduler decides when it runs.
@@ -20,7 +28,7 @@ from raylight.engine.config import SchedulerConfig
 from raylight.engine.kv_pool import ReqToTokenTable, SlotAllocator
 from raylight.engine.prefix_cache import PrefixCache
 from raylight.engine.prefix_sharing import PrefixSharing
-from raylight.engine.request import FinishReason, Request, RequestStatus
+from raylight.engine.request import PENDING, FinishReason, Request, RequestStatus
 
 
 class Scheduler:
@@ -80,11 +88,17 @@ class Scheduler:
 
     # ---- schedule -------------------------------------------------------------------------
 
-    def schedule(self) -> Batch | None:
+    def schedule(self, ahead: bool = False) -> Batch | None:
+        """This step's batch, or None if nothing can run. `ahead`: the previous batch has not
+        been updated yet (see the module docstring); None also when that would need a
+        preemption."""
         self._prefixes.share_prefills()  # first: freeing duplicates may spare a preemption
         budget = self.config.max_num_batched_tokens
+        max_len = self.config.max_model_len
         plan: list[tuple[Request, int]] = []
         for req in self.running:
+            if req.num_pending and req.at_length_limit(max_len):
+                continue  # its pending token is its last
             n = req.num_tokens - req.num_computed_tokens
             if n > budget:
                 n = budget
@@ -92,6 +106,8 @@ class Scheduler:
                 plan.append((req, n))
                 budget -= n
         need = self.config.max_num_batched_tokens - budget
+        if ahead and need > self.num_free_slots:
+            return None
         preempted = False
         while need > self.allocator.num_free and need > self.num_free_slots:
             victim = self.running[-1]
@@ -103,7 +119,6 @@ class Scheduler:
         if not preempted and self.waiting:
             need = self._admit(plan, budget, need)
         if not plan:
-            self._prefixes.drop_table_writes()
             return None
         return self._build_batch(plan, need)
 
@@ -137,10 +152,17 @@ class Scheduler:
         requests = [r for r, _ in plan]
         input_ids: list[int] = []
         starts_l, rows_l, totals_l = [], [], []
+        pending_lanes: list[int] = []
+        pending_rows: list[int] = []
         for r, n in plan:
             c = r.num_computed_tokens
             if n == 1 and r.output_token_ids and c == r.num_tokens - 1:
-                input_ids.append(r.output_token_ids[-1])  # the common decode case
+                token = r.output_token_ids[-1]  # the common decode case
+                if token == PENDING:  # sampled by the batch still running: read on the device
+                    pending_lanes.append(len(input_ids))
+                    pending_rows.append(r.pending_row)
+                    token = 0
+                input_ids.append(token)
             else:
                 input_ids.extend(r.token_ids_slice(c, c + n))
             starts_l.append(c)
@@ -178,8 +200,24 @@ class Scheduler:
             max_q_len=int(num_new.max()),
             max_kv_len=int(seq_lens.max()),
         )
+        if pending_lanes:
+            batch.pending_lanes = np.array(pending_lanes, dtype=np.int64)
+            batch.pending_rows = np.array(pending_rows, dtype=np.int64)
         self._prefixes.flush_table_writes(batch)
+        self._reserve(plan, sample_indices.tolist())
         return batch
+
+    def _reserve(self, plan: list[tuple[Request, int]], sampling: list[int]) -> None:
+        """The batch's effect known before it runs: its K/V count as computed, and each request
+        that samples gets a PENDING token (the batch's row `k` of sampled ids)."""
+        for r, n in plan:
+            r.num_computed_tokens += n
+        for k, i in enumerate(sampling):
+            r = plan[i][0]
+            r.output_token_ids.append(PENDING)
+            r.num_tokens += 1
+            r.num_pending += 1
+            r.pending_row = k
 
     # ---- update ---------------------------------------------------------------------------
 
@@ -190,30 +228,32 @@ class Scheduler:
         logprobs: list[TokenLogprobs | None] | None = None,
     ) -> list[RequestDelta]:
         """Applies one step: `token_ids[i]` (and `logprobs[i]`) belong to
-        `batch.requests[batch.sample_indices[i]]`."""
+        `batch.requests[batch.sample_indices[i]]`. Requests that ended since the batch was
+        scheduled (finished in the batch before it, or aborted) are skipped."""
         requests = batch.requests
-        for req, n in zip(requests, batch.num_new.tolist()):
-            req.num_computed_tokens += n
         if len(batch.sample_indices) != len(requests):  # some requests are mid-prefill
             requests = [requests[i] for i in batch.sample_indices.tolist()]
         deltas: list[RequestDelta] = []
         max_len = self.config.max_model_len
         any_finished = False
         for i, req in enumerate(requests):
+            if req.status is not RequestStatus.RUNNING:
+                continue
             token = token_ids[i]
             out = req.output_token_ids
-            out.append(token)
-            req.num_tokens += 1  # kept equal to len(prompt) + len(output)
+            j = len(out) - req.num_pending  # the oldest pending token is this batch's
+            out[j] = token
+            req.num_pending -= 1
             lp = None if logprobs is None else logprobs[i]
             if lp is not None:
                 req.output_logprobs.append(lp)
             reason = None
-            if token in req.stop_token_ids and len(out) > req.params.min_tokens:
+            if token in req.stop_token_ids and j >= req.params.min_tokens:
                 reason = FinishReason.STOP
-            elif len(out) >= req.max_tokens or req.num_tokens >= max_len:
+            elif j + 1 >= req.max_tokens or req.num_prompt_tokens + j + 1 >= max_len:
                 reason = FinishReason.LENGTH
             cached = None
-            if len(out) == 1:  # the first token: its prefill just completed
+            if j == 0:  # the first token: its prefill just completed
                 cached = req.num_cached_tokens
                 if reason is None:
                     self._prefixes.on_prefilled(req)
@@ -247,16 +287,34 @@ class Scheduler:
 
     def _release(self, req: Request) -> None:
         """Gives up `req`'s row: its computed tokens go to the cache (see
-        `PrefixSharing.release`), or back to the allocator without a cache."""
+        `PrefixSharing.release`), or back to the allocator without a cache. Pending tokens are
+        dropped first, with the slots of tokens scheduled ahead past the last known one."""
+        self._drop_pending(req)
         c = req.num_computed_tokens
         slots = self.table.table[req.row, :c].astype(np.int64)
         if self.cache is None:
             self.allocator.free(slots)
         else:
             self._prefixes.release(req, slots)
+        self._prefixes.forget_row(req.row)
         self.table.free_row(req.row)
         req.row = -1
         req.num_computed_tokens = 0
+
+    def _drop_pending(self, req: Request) -> None:
+        """Forgets `req`'s pending tokens and keeps K/V only for known tokens but the last (as
+        if no batch had been scheduled ahead): a batch still running may write the dropped
+        slots, which is harmless, since any later use of them runs after it on the device."""
+        if req.num_pending:
+            del req.output_token_ids[-req.num_pending :]
+            req.num_tokens -= req.num_pending
+            req.num_pending = 0
+        keep = req.num_tokens - 1
+        if req.num_computed_tokens > keep:
+            assert keep >= req.num_prefix, "the tree's slots are never scheduled ahead"
+            ahead = self.table.table[req.row, keep : req.num_computed_tokens]
+            self.allocator.free(ahead.astype(np.int64))
+            req.num_computed_tokens = keep
 
 
 def _one(logprobs: TokenLogprobs | None) -> list[TokenLogprobs] | None:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from raylight.engine.batch import Batch
 from raylight.engine.config import EngineConfig
 from raylight.engine.engine_core import EngineCore
-from raylight.engine.model_runner import ModelRunner, StepResult
+from raylight.engine.model_runner import LaunchedStep, ModelRunner
 from raylight.engine.parallel import TPGroup
 
 # num_tokens, num_reqs, num_sampled, max_q_len, max_kv_len, stop flag, num table entries, 0
@@ -61,9 +61,12 @@ class TPModelRunner(ModelRunner):
         super().__init__(config, tp, progress)
         self.cpu_group = cpu_group
 
-    def execute(self, batch: Batch, keep_logits: bool = False) -> StepResult:
+    def launch(
+        self, batch: Batch, prev: LaunchedStep | None = None, keep_logits: bool = False
+    ) -> LaunchedStep:
+        assert batch.pending_lanes.shape[0] == 0, "workers cannot read pending inputs"
         _send_batch(batch, self.cpu_group)
-        return super().execute(batch, keep_logits)
+        return super().launch(batch, prev, keep_logits)
 
 
 def _rank_config(config: EngineConfig, rank: int) -> EngineConfig:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from raylight.engine.engine_core import EngineCore
 from raylight.engine.prefix_cache_check import check_invariants
-from raylight.engine.request import Request
+from raylight.engine.request import PENDING, Request
 from raylight.engine.sampling_params import SamplingParams
 
 
@@ -63,13 +63,16 @@ def make_sampling_request(
     output: Sequence[int] = (),
     stop: Sequence[int] = (),
 ) -> Request:
-    """A request as the sampler sees it mid-generation (`output` tokens already produced)."""
-    return Request(
+    """A request as the sampler sees it mid-generation: `output` tokens already produced, then
+    the PENDING token being sampled (what `Scheduler.schedule` appends)."""
+    req = Request(
         request_id=f"r{seed}",
         prompt_token_ids=list(prompt),
         params=params,
         max_tokens=64,
         sample_seed=seed,
         stop_token_ids=frozenset(stop),
-        output_token_ids=list(output),
+        output_token_ids=[*output, PENDING],
     )
+    req.num_pending = 1
+    return req

@@ -152,7 +152,8 @@ def drive(policy_name: str, true_lens: list[int], max_tokens: int, num_slots: in
         batch = sched.schedule()
         running += len(sched.running)
         tokens = [
-            EOS if len(r.output_token_ids) + 1 >= true_len[r.request_id] else 5
+            # Between schedule and update the output ends in the PENDING token being sampled.
+            EOS if len(r.output_token_ids) >= true_len[r.request_id] else 5
             for r in batch.sampling_requests
         ]
         sched.update(batch, tokens)

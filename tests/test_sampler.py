@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from raylight.engine.request import Request
+from raylight.engine.request import PENDING, Request
 from raylight.engine.sampler import Sampler, SamplerOutput, apply_penalties
 from raylight.engine.sampling_inputs import build_sampling_inputs
 from raylight.engine.sampling_params import SamplingParams
@@ -186,7 +186,7 @@ def test_random_rows_never_emit_filtered_tokens(mix: str) -> None:
         requests.append(make_request(params, seed=i))
     for step in range(4):
         for r in requests:
-            r.output_token_ids = [0] * step
+            r.output_token_ids = [0] * step + [PENDING]
         tokens = sample(logits, requests).token_ids.tolist()
         for i, r in enumerate(requests):
             assert tokens[i] in reference_probs(logits[i].tolist(), r.params), (i, step)

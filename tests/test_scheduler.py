@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from raylight.engine.admission import make_policy
-from raylight.engine.batch import RequestDelta
+from raylight.engine.batch import Batch, RequestDelta
 from raylight.engine.config import SchedulerConfig
 from raylight.engine.kv_pool import SlotAllocator
 from raylight.engine.prefix_cache import PrefixCache, RadixNode
 from raylight.engine.prefix_cache_check import check_invariants
-from raylight.engine.request import Request
+from raylight.engine.request import PENDING, Request
 from raylight.engine.sampling_params import SamplingParams
 from raylight.engine.scheduler import Scheduler
 
@@ -181,22 +181,29 @@ class DeviceKV(FakeKV):
         super().__init__(num_slots)
         self.table = np.zeros(table_shape, dtype=np.int64)
 
-    def run(self, sched: Scheduler, batch) -> list[int]:
+    def run(self, sched: Scheduler, batch, prev_sampled: list[int] | None = None) -> list[int]:
+        """`prev_sampled`: what the batch before sampled, which a batch scheduled ahead of its
+        update reads at its `pending_lanes` (as the runner does on the device)."""
         entries = set(zip(batch.table_rows.tolist(), batch.table_positions.tolist()))
         assert len(entries) == len(batch.table_rows), "an extra table entry is repeated"
         assert not entries & set(zip(batch.token_rows.tolist(), batch.positions.tolist()))
         self.table[batch.table_rows, batch.table_positions] = batch.table_slots
         self.table[batch.token_rows, batch.positions] = batch.out_slots
-        self.tokens[batch.out_slots] = batch.input_ids
+        input_ids = batch.input_ids.copy()
+        if len(batch.pending_lanes):
+            assert prev_sampled is not None
+            input_ids[batch.pending_lanes] = np.asarray(prev_sampled)[batch.pending_rows]
+        self.tokens[batch.out_slots] = input_ids
         sampled = []
         for i, r in enumerate(batch.requests):
             row, n_kv = int(batch.req_rows[i]), int(batch.seq_lens_kv[i])
             assert (self.table[row, :n_kv] == sched.table.table[row, :n_kv]).all(), "device table"
-            assert r.num_computed_tokens + int(batch.num_new[i]) == n_kv
+            assert r.num_computed_tokens == n_kv  # schedule() reserved this batch's K/V
         for i in batch.sample_indices.tolist():
             row, n_kv = int(batch.req_rows[i]), int(batch.seq_lens_kv[i])
             seq = self.tokens[self.table[row, :n_kv]].tolist()
-            assert seq == batch.requests[i].token_ids_slice(0, n_kv), "a slot holds a wrong token"
+            host = batch.requests[i].token_ids_slice(0, n_kv)  # PENDING: not known on the host
+            assert all(h in (t, PENDING) for h, t in zip(host, seq)), "a slot holds a wrong token"
             sampled.append(next_token(seq))
         return sampled
 
@@ -231,7 +238,15 @@ def check_cache_accounting(sched: Scheduler) -> None:
 class CacheRun:
     """Drives a scheduler with a prefix cache step by step against the oracle."""
 
-    def __init__(self, num_slots: int, policy: str, max_seqs: int, budget: int, max_len: int):
+    def __init__(
+        self, num_slots: int, policy: str, max_seqs: int, budget: int, max_len: int,
+        overlap: bool = False,
+    ) -> None:  # fmt: skip
+        """`overlap`: each step schedules the next batch before updating the last (as
+        EngineCore does with async scheduling)."""
+        self.overlap = overlap
+        self.launched: tuple[Batch, list[int]] | None = None
+        self.num_ahead = 0
         self.alloc = SlotAllocator(num_slots)
         self.cache = CountingCache(self.alloc)
         config = SchedulerConfig(max_seqs, budget, max_len, policy)
@@ -241,11 +256,7 @@ class CacheRun:
         self.first_delta_cached: dict[str, int | None] = {}
 
     def step(self) -> list[RequestDelta]:
-        batch = self.sched.schedule()
-        deltas: list[RequestDelta] = []
-        if batch is not None:
-            assert batch.num_tokens <= self.budget and len(batch.requests) <= self.max_seqs
-            deltas = self.sched.update(batch, self.kv.run(self.sched, batch))
+        deltas = self._step_overlapped() if self.overlap else self._step()
         for d in deltas:
             if d.request_id not in self.first_delta_cached:
                 self.first_delta_cached[d.request_id] = d.num_cached_tokens
@@ -253,6 +264,32 @@ class CacheRun:
                 assert d.num_cached_tokens is None, "cached tokens reported twice"
         check_cache_accounting(self.sched)
         return deltas
+
+    def _step(self) -> list[RequestDelta]:
+        batch = self.sched.schedule()
+        if batch is None:
+            return []
+        assert batch.num_tokens <= self.budget and len(batch.requests) <= self.max_seqs
+        return self.sched.update(batch, self.kv.run(self.sched, batch))
+
+    def _step_overlapped(self) -> list[RequestDelta]:
+        running = self.launched
+        if running is None:
+            batch = self.sched.schedule()
+            if batch is None:
+                return []
+            running = (batch, self.kv.run(self.sched, batch))
+        self.launched = None
+        ahead = self.sched.schedule(ahead=True)
+        if ahead is not None:
+            assert ahead.num_tokens <= self.budget and len(ahead.requests) <= self.max_seqs
+            self.launched = (ahead, self.kv.run(self.sched, ahead, running[1]))
+            self.num_ahead += 1
+        return self.sched.update(*running)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.sched.has_unfinished or self.launched is not None
 
     def drain(self) -> None:
         """Checks the end state: only the tree holds slots, all evictable, and evicting them all
@@ -281,14 +318,17 @@ def random_workload(rng: random.Random, max_len: int) -> tuple[list[list[int]], 
     return prompts, max_tokens
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("policy", ["conservative", "aggressive"])
 @pytest.mark.parametrize("seed", range(6))
-def test_prefix_cache_matches_oracle(policy: str, seed: int) -> None:
+def test_prefix_cache_matches_oracle(policy: str, seed: int, overlap: bool) -> None:
     """Shared prefixes, samples of one prompt (same and different steps), multi-turn follow-ups,
-    chunked prefill, aborts, and a pool small enough to force eviction (and preemption)."""
+    chunked prefill, aborts, and a pool small enough to force eviction (and preemption); with
+    `overlap`, every batch is scheduled ahead of the last one's update where it can be."""
     rng = random.Random(seed)
     max_len = 128
-    run_ = CacheRun(rng.choice([129, 160, 400]), policy, 6, rng.choice([7, 16, 64]), max_len)
+    num_slots, budget = rng.choice([129, 160, 400]), rng.choice([7, 16, 64])
+    run_ = CacheRun(num_slots, policy, 6, budget, max_len, overlap)
     prompts, max_tokens = random_workload(rng, max_len)
     arrivals = sorted(rng.randint(0, 25) for _ in prompts)
     pending = [
@@ -298,7 +338,7 @@ def test_prefix_cache_matches_oracle(policy: str, seed: int) -> None:
     aborted: set[str] = set()
     follow_ups: list[tuple[str, Request]] = []  # (turn request id, the turn it follows)
     step = 0
-    while pending or run_.sched.has_unfinished:
+    while pending or run_.has_unfinished:
         while pending and pending[0][0] <= step:
             _, rid, p, m = pending.pop(0)
             reqs[rid] = make_request(rid, p, m)
@@ -334,6 +374,7 @@ def test_prefix_cache_matches_oracle(policy: str, seed: int) -> None:
         assert run_.cache.num_evicted > 0
     if policy == "conservative":  # its accounting counts pinned cached slots: never preempts
         assert run_.sched.num_preemptions == 0
+    assert (run_.num_ahead > 10) == overlap
 
 
 def test_multi_turn_hits_whole_history() -> None:

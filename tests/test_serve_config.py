@@ -33,6 +33,7 @@ def test_app_args_are_typed_and_unknown_keys_refused() -> None:
         assert config.engine == {"enable_prefix_caching": expected}
     with pytest.raises(ValueError, match="expected a boolean"):
         app_config_from_args({"enable_prefix_caching": "maybe"})
+    assert app_config_from_args({"async-scheduling": "off"}).engine == {"async_scheduling": False}
 
 
 def test_queue_limit_must_leave_room_for_one_request() -> None:
