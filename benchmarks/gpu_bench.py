@@ -96,13 +96,15 @@ def sec_kernels(b: Bench, deadline: float) -> dict[str, Any]:
 def sec_latency(b: Bench, deadline: float) -> dict[str, Any]:
     a, core = b.args, b.need_engine().core()
     arch, item = core.config.arch, core.config.dtype.itemsize
+    kv_item = core.config.kv_cache_dtype.itemsize
     res = latency(core, arch.vocab_size, a.latency_prompt_len, a.latency_output_len,
                   a.latency_trials, deadline)  # fmt: skip
     copy_bw, gemm = b.ceiling("copy"), b.ceiling("gemm")
     p, o = a.latency_prompt_len, a.latency_output_len
-    res["decode_step_bytes"] = floors.decode_step_bytes(arch, item, 1, round(p + o / 2))
+    res["decode_step_bytes"] = floors.decode_step_bytes(arch, item, 1, round(p + o / 2), kv_item)
     res["prefill_flops"] = floors.prefill_flops(arch, p)
-    res["tpot_floor_ms"] = floors.tpot_floor_s(arch, item, p, o, copy_bw) * 1e3 if copy_bw else None
+    tpot_floor = floors.tpot_floor_s(arch, item, p, o, copy_bw, kv_item) if copy_bw else None
+    res["tpot_floor_ms"] = tpot_floor * 1e3 if tpot_floor else None
     res["ttft_floor_ms"] = floors.ttft_floor_s(arch, p, gemm) * 1e3 if gemm else None
     return res
 

@@ -161,7 +161,8 @@ class EngineHolder:
                     "num_kv_slots": self.llm.core.runner.num_slots,
                     "attention_backend": config.attention_backend,  # resolved ("auto" is not)
                     "enforce_eager": config.enforce_eager,
-                    "async_scheduling": config.async_scheduling}  # fmt: skip
+                    "async_scheduling": config.async_scheduling,
+                    "kv_cache_dtype": str(config.kv_cache_dtype)}  # fmt: skip
             self.loads.append(info)
             print(f"  engine loaded in {load_s:.1f} s, warm-up {info['warmup_s']:.1f} s, "
                   f"{info['num_kv_slots']} KV slots", flush=True)  # fmt: skip

@@ -46,15 +46,18 @@ def kv_bytes_per_token(arch: ModelArchConfig, dtype_bytes: int) -> int:
 
 
 def decode_step_bytes(
-    arch: ModelArchConfig, dtype_bytes: int, batch: int, attended_tokens: int
-) -> dict[str, int]:
+    arch: ModelArchConfig, dtype_bytes: int, batch: int, attended_tokens: int,
+    kv_dtype_bytes: int | None = None,
+) -> dict[str, int]:  # fmt: skip
     """Bytes one decode step of `batch` requests must move; `attended_tokens` is the K/V
-    tokens attended over, summed over the batch (the new tokens included)."""
+    tokens attended over, summed over the batch (the new tokens included). K/V elements take
+    `kv_dtype_bytes` (default: `dtype_bytes`; 1 with an FP8 pool)."""
+    kv_item = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
     weights = linear_params(arch) * dtype_bytes
     norms = (2 * arch.num_layers + 1) * arch.hidden_size * dtype_bytes
     embed_rows = batch * arch.hidden_size * dtype_bytes
-    kv_read = attended_tokens * kv_bytes_per_token(arch, dtype_bytes)
-    kv_write = batch * kv_bytes_per_token(arch, dtype_bytes)
+    kv_read = attended_tokens * kv_bytes_per_token(arch, kv_item)
+    kv_write = batch * kv_bytes_per_token(arch, kv_item)
     total = weights + norms + embed_rows + kv_read + kv_write
     return {"weights": weights, "norms": norms, "embed_rows": embed_rows, "kv_read": kv_read,
             "kv_write": kv_write, "total": total}  # fmt: skip
@@ -82,12 +85,13 @@ def prefill_flops(arch: ModelArchConfig, prompt_len: int) -> dict[str, int]:
 
 
 def tpot_floor_s(
-    arch: ModelArchConfig, dtype_bytes: int, prompt_len: int, output_len: int, copy_bw: float
-) -> float:
+    arch: ModelArchConfig, dtype_bytes: int, prompt_len: int, output_len: int, copy_bw: float,
+    kv_dtype_bytes: int | None = None,
+) -> float:  # fmt: skip
     """Batch-1 time per output token at the copy bandwidth (bytes/s). Decode step i (1-based,
     output_len - 1 of them) attends prompt_len + i tokens; the mean is used."""
     mean_attended = prompt_len + output_len / 2
-    step = decode_step_bytes(arch, dtype_bytes, 1, round(mean_attended))
+    step = decode_step_bytes(arch, dtype_bytes, 1, round(mean_attended), kv_dtype_bytes)
     return step["total"] / copy_bw
 
 
@@ -97,11 +101,14 @@ def ttft_floor_s(arch: ModelArchConfig, prompt_len: int, gemm_flops: float) -> f
 
 
 def decode_attention_bytes(
-    batch: int, kv_len: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int
-) -> dict[str, int]:
-    """What a paged decode-attention call must move: each request's K and V, q in, out, and
-    the int32 slot index of every attended token."""
-    kv = 2 * batch * kv_len * kv_heads * head_dim * dtype_bytes
+    batch: int, kv_len: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int,
+    kv_dtype_bytes: int | None = None,
+) -> dict[str, int]:  # fmt: skip
+    """What a paged decode-attention call must move: each request's K and V (elements of
+    `kv_dtype_bytes`, default `dtype_bytes`), q in, out, and the int32 slot index of every
+    attended token."""
+    kv_item = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
+    kv = 2 * batch * kv_len * kv_heads * head_dim * kv_item
     q_out = 2 * batch * heads * head_dim * dtype_bytes
     index = 4 * batch * kv_len
     return {"kv": kv, "q_out": q_out, "index": index, "total": kv + q_out + index}

@@ -59,7 +59,7 @@ def _config(batch: int, vocab: int, max_model_len: int, device: str, graphs: boo
         model_dir=Path("."), arch=arch, dtype=torch.float32, device=torch.device(device),
         scheduler=SchedulerConfig(batch, 8192, max_model_len, "conservative"),
         tensor_parallel_size=1, num_kv_slots=batch * max_model_len + 1,
-        gpu_memory_utilization=0.9, seed=0,
+        gpu_memory_utilization=0.9, seed=0, kv_cache_dtype=torch.float32,
         # The stand-in model never calls attention; "triton" only makes decode graphs possible.
         attention_backend="triton" if graphs else "torch", enforce_eager=not graphs,
         cuda_graph_max_batch=batch,

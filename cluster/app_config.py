@@ -49,6 +49,7 @@ _ENGINE_KEYS = {
     "enable_prefix_caching": _bool,
     "admission_policy": str,
     "async_scheduling": _bool,
+    "kv_cache_dtype": str,
 }
 _APP_KEYS = {
     "model": str,

@@ -42,6 +42,9 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="schedule each step while the previous one runs on the GPU "
                    "(default: on with CUDA at tensor-parallel size 1)")  # fmt: skip
+    p.add_argument("--kv-cache-dtype", default=None, choices=["auto", "fp8", "fp8_e4m3"],
+                   help="KV pool element type (default auto: the model's dtype; fp8 halves "
+                   "the bytes per token)")  # fmt: skip
     p.set_defaults(handler=run_serve)
 
 
@@ -49,7 +52,7 @@ _APP_ARGS = (
     "model", "served_model_name", "api_key", "num_engine_replicas", "num_ingress_replicas",
     "max_queued_requests", "max_request_body_bytes", "tensor_parallel_size", "max_model_len",
     "max_num_seqs", "max_num_batched_tokens", "dtype", "gpu_memory_utilization", "seed",
-    "enable_prefix_caching", "admission_policy", "async_scheduling",
+    "enable_prefix_caching", "admission_policy", "async_scheduling", "kv_cache_dtype",
 )  # fmt: skip
 
 

@@ -47,6 +47,10 @@ class EngineOptions:
     # Schedule and launch each step while the one before still runs on the device (vLLM's
     # async scheduling, SGLang's overlap scheduler). None: on CUDA at tensor_parallel_size 1.
     async_scheduling: bool | None = None
+    # The KV pool's element type: "auto" (the model's dtype) or "fp8" / "fp8_e4m3" (e4m3 with
+    # scale 1, as vLLM's default fp8: half the bytes per token, so twice the tokens and half
+    # the attention reads; values saturate at +-448).
+    kv_cache_dtype: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class EngineConfig:
     gpu_memory_utilization: float
     attention_backend: str
     seed: int
+    kv_cache_dtype: torch.dtype  # the KV pool's: `dtype`, or float8_e4m3fn
     enable_prefix_caching: bool = False  # resolve_engine_config copies EngineOptions' (True)
     fused_kernels: bool = False
     skinny_linear: bool = False
@@ -152,10 +157,22 @@ def resolve_engine_config(
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
         async_scheduling=async_scheduling,
+        kv_cache_dtype=_resolve_kv_cache_dtype(options.kv_cache_dtype, dtype),
     )
 
 
 _ATTENTION_BACKENDS = ("torch", "triton")
+_KV_CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
+
+
+def _resolve_kv_cache_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    if name == "auto":
+        return dtype
+    if name not in _KV_CACHE_DTYPES:
+        raise ValueError(
+            f"kv_cache_dtype must be auto or one of {sorted(_KV_CACHE_DTYPES)}, got {name!r}"
+        )
+    return _KV_CACHE_DTYPES[name]
 
 
 def _resolve_attention_backend(name: str, device: torch.device) -> str:

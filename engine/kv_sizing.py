@@ -83,7 +83,8 @@ def _scratch_ctx(
     lens = torch.tensor(seq_lens, dtype=torch.int64, device=dev)  # [B]
     total = int(sum(seq_lens))
     shape = (total + 1, kv_heads_local, arch.head_dim)
-    k_caches = [torch.zeros(shape, dtype=config.dtype, device=dev) for _ in range(arch.num_layers)]
+    kv_dtype = config.kv_cache_dtype
+    k_caches = [torch.zeros(shape, dtype=kv_dtype, device=dev) for _ in range(arch.num_layers)]
     v_caches = [torch.zeros_like(k) for k in k_caches]
     cu = torch.zeros(len(seq_lens) + 1, dtype=torch.int64, device=dev)
     cu[1:] = lens.cumsum(0)

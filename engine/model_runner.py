@@ -97,7 +97,7 @@ class ModelRunner:
         self.num_slots = tp.min_int(slots, self.device)
         shape = (self.num_slots, kv_heads_local, arch.head_dim)
         self.k_caches = [
-            torch.zeros(shape, dtype=config.dtype, device=self.device)
+            torch.zeros(shape, dtype=config.kv_cache_dtype, device=self.device)
             for _ in range(arch.num_layers)
         ]
         self.v_caches = [torch.zeros_like(k) for k in self.k_caches]
@@ -131,7 +131,7 @@ class ModelRunner:
                                     graph_batch)  # fmt: skip
         self.memory_profile = prof
         bytes_per_slot = 2 * arch.num_layers * kv_heads_local * arch.head_dim
-        bytes_per_slot *= self.config.dtype.itemsize
+        bytes_per_slot *= self.config.kv_cache_dtype.itemsize
         # Never below one full-length request (+ the dummy slot): the engine must run at all.
         return max(int(prof.kv_bytes // bytes_per_slot), self.config.scheduler.max_model_len + 1)
 

@@ -12,6 +12,10 @@ import os
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# A KV pool may also hold FP8 (e4m3, no scale: vLLM's kv_cache_dtype="fp8" with scale 1).
+FP8_KV_DTYPE = torch.float8_e4m3fn
+FP8_KV_MAX = 448.0  # e4m3's largest finite value: stores saturate there
+KV_DTYPES = (*FLOAT_DTYPES, FP8_KV_DTYPE)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 

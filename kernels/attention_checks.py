@@ -1,7 +1,8 @@
 """Argument checks shared by the prefill and decode attention launchers.
 
 The layout they enforce is the engine's AttentionMetadata (engine/attention/backend.py):
-q [T, Hq, D]; k_cache, v_cache [num_slots, Hk, D] with Hq a multiple of Hk; req_to_token
+q [T, Hq, D]; k_cache, v_cache [num_slots, Hk, D] with Hq a multiple of Hk, in q's dtype or
+FP8 e4m3 (read and converted to q's dtype in the kernels); req_to_token
 int32 [rows, max_model_len]; req_rows and seq_lens_kv int64 (or int32) [B]. Last dims must be
 contiguous; other strides are passed to the kernels. Values (slots, rows, lengths) are not
 checked: that would need a host sync.
@@ -15,6 +16,7 @@ import torch
 
 from raylight.kernels._common import (
     FLOAT_DTYPES,
+    FP8_KV_DTYPE,
     INDEX_DTYPES,
     check_last_dim_contiguous,
     check_same_device,
@@ -38,8 +40,9 @@ def num_sms(device: torch.device) -> int:
 
 def _check_kv(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     check_tensor("q", q, 3, FLOAT_DTYPES, "[T, heads, D]")
-    check_tensor("k_cache", k_cache, 3, (q.dtype,), "[num_slots, kv_heads, D] (q's dtype)")
-    check_tensor("v_cache", v_cache, 3, (q.dtype,), "[num_slots, kv_heads, D] (q's dtype)")
+    kv_dtypes = (q.dtype, FP8_KV_DTYPE)
+    check_tensor("k_cache", k_cache, 3, kv_dtypes, "[num_slots, kv_heads, D] (q's dtype or fp8)")
+    check_tensor("v_cache", v_cache, 3, (k_cache.dtype,), "[num_slots, kv_heads, D] (k_cache's)")
     if v_cache.shape != k_cache.shape:
         raise ValueError(
             f"v_cache: expected k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}"

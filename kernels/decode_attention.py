@@ -75,9 +75,8 @@ def _decode_stage1(
                     mask=kv_mask, other=0.0)  # fmt: skip
         v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
                     mask=kv_mask, other=0.0)  # fmt: skip
-        if DOT_FP32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = k.to(q.dtype)  # from an FP8 pool; a no-op when the pool has q's dtype
+        v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
         # scale * log2(e) is folded into qk_scale, so the softmax uses exp2.
         s = tl.where(pos_ok[None, :], s, float("-inf"))

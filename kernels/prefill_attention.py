@@ -32,7 +32,7 @@ def _attend_tiles(
     acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, slot_row_ptr, stride_ks, stride_vs, lo, hi, kv_len,
     qk_scale, head_dim,
     MASKED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
@@ -52,9 +52,8 @@ def _attend_tiles(
         else:
             k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
             v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-        if DOT_FP32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = k.to(q.dtype)  # fp32 when interpreting; from an FP8 pool; else a no-op
+        v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
         if MASKED:
             visible = (pos[None, :] <= q_pos[:, None]) & (pos[None, :] < kv_len)
@@ -108,13 +107,11 @@ def _prefill_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc, m_i, l_i = _attend_tiles(
         acc, m_i, l_i, q, q_pos, k_base, v_base, slot_row, stride_ks, stride_vs, 0, full_end,
-        kv_len, qk_scale, head_dim, False, BLOCK_N, BLOCK_D, EVEN_D,
-        DOT_FP32, PRECISION,
+        kv_len, qk_scale, head_dim, False, BLOCK_N, BLOCK_D, EVEN_D, PRECISION,
     )  # fmt: skip
     acc, m_i, l_i = _attend_tiles(
         acc, m_i, l_i, q, q_pos, k_base, v_base, slot_row, stride_ks, stride_vs, full_end,
-        causal_end, kv_len, qk_scale, head_dim, True, BLOCK_N, BLOCK_D, EVEN_D,
-        DOT_FP32, PRECISION,
+        causal_end, kv_len, qk_scale, head_dim, True, BLOCK_N, BLOCK_D, EVEN_D, PRECISION,
     )  # fmt: skip
     out = acc / l_i[:, None]
     tl.store(out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + d[None, :],

@@ -154,3 +154,34 @@ def test_async_scheduling_matches_synchronous(tiny_models: dict[str, Path], dtyp
     else:  # bf16 rounding depends on the batch: compare the tokens of the first steps only
         for got, want in zip(streams[1], streams[0]):
             assert got.tokens[:3] == want.tokens[:3]
+
+
+def test_fp8_pool_on_gpu_matches_hf_with_rounded_cache(tiny_models: dict[str, Path]) -> None:
+    """The Triton kernels with an FP8 pool (the GPU rounds into e4m3 as torch does) against HF
+    with an e4m3-rounded cache; and, sized from free memory, twice the slots of a bf16 pool."""
+    from transformers import AutoModelForCausalLM
+
+    from .test_engine_fp8_kv import NEW_TOKENS, hf_fp8_greedy
+    from .test_engine_hf import make_prompts
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
+    prompts = make_prompts(model.config.vocab_size)
+    expected = [hf_fp8_greedy(model.eval(), p)[0] for p in prompts]
+    del model
+    core = _core(tiny_models["llama"], kv_cache_dtype="fp8")
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    assert [r.output_token_ids for r in run_to_completion(core, prompts, params)] == expected
+    assert core.runner.graphs is not None and core.runner.graphs.num_replays > 10
+    del core
+    gc.collect()
+    torch.cuda.empty_cache()
+    slots = {}
+    for kv in ("auto", "fp8"):
+        opts = EngineOptions(dtype="bfloat16", device="cuda", max_model_len=512,
+                             gpu_memory_utilization=0.3, kv_cache_dtype=kv)  # fmt: skip
+        sized = create_engine_core(tiny_models["llama"], opts, progress=False)
+        slots[kv] = sized.runner.num_slots
+        del sized
+        gc.collect()
+        torch.cuda.empty_cache()
+    assert 1.9 < slots["fp8"] / slots["auto"] < 2.1, slots

@@ -33,6 +33,8 @@ def test_decode_bytes_by_hand(tiny_arch: ModelArchConfig) -> None:
                     "kv_read": 110 * 256, "kv_write": 256, "total": 438784}  # fmt: skip
     # prompt 100, 20 outputs: decode steps attend 101..119 tokens, 110 on average
     assert fl.tpot_floor_s(tiny_arch, 2, 100, 20, copy_bw=1e9) == pytest.approx(438784e-9)
+    fp8 = fl.decode_step_bytes(tiny_arch, 2, batch=1, attended_tokens=110, kv_dtype_bytes=1)
+    assert fp8["kv_read"] * 2 == step["kv_read"] and fp8["weights"] == step["weights"]
 
 
 def test_prefill_flops_by_hand(tiny_arch: ModelArchConfig) -> None:
@@ -102,7 +104,10 @@ def test_whole_run_on_cpu(
     lat = report["results"]["latency"]
     assert lat["tpot_floor_ms"] == pytest.approx(s["tpot_floor_ms"])
     assert report["results"]["offline"]["output_tokens"] == 15
-    assert len(report["results"]["kernels"]["decode"]) == 4
+    decode = report["results"]["kernels"]["decode"]
+    fp8 = [r for r in decode if r["kv_dtype"] == "float8_e4m3fn"]  # the summary's case again
+    assert len(decode) == 5 and [(r["batch"], r["kv_len"]) for r in fp8] == [(3, 40)]
+    assert 0 < s["decode_attn_fp8_time_ratio"] and 0 < s["decode_attn_fp8_bw_frac"]
     assert out.with_suffix(".png").is_file()
     assert report["versions"]["torch"] == torch.__version__
     assert s["attention_backend"] == report["engine_loads"][-1]["attention_backend"] != "auto"

@@ -163,3 +163,19 @@ def test_gpu_bandwidth_batch64_ctx4k() -> None:
     ratio = (kv_bytes / ms) / (2 * kv_bytes / copy_ms)  # copy moves its bytes twice
     print(f"decode {ms:.3f} ms, {kv_bytes / ms / 1e9:.2f} TB/s, {ratio:.0%} of copy bandwidth")
     assert ratio >= 0.8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_fp8_pool_matches_reference(dtype: torch.dtype, num_splits: int) -> None:
+    """K/V read from an FP8 (e4m3) pool and converted to q's dtype in the kernel."""
+    kv_lens, heads, kv_heads = CASES[1]
+    d = 64
+    k_cache, v_cache, r2t, rows = make_pool(kv_lens, kv_heads, d, torch.float8_e4m3fn, seed=4)
+    q = torch.randn(len(kv_lens), heads, d, generator=torch.Generator().manual_seed(4)).to(dtype)
+    lens = torch.tensor(kv_lens)
+    got = decode_attention(q, k_cache, v_cache, r2t, rows, lens, max(kv_lens), d**-0.5,
+                           num_splits=num_splits)  # fmt: skip
+    want = decode_attention_ref(q, k_cache, v_cache, r2t, rows, lens, d**-0.5)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=TOL[dtype][0], rtol=TOL[dtype][1])

@@ -77,3 +77,47 @@ def test_gpu_large() -> None:
     store_kv_ref(k, v, *want, out_slots)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def _fp8_inputs(tokens: int, heads: int, d: int, src_dtype: torch.dtype, device: str,
+                exact: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """K (about +-300, with overflows) and V; `exact`: values e4m3 holds exactly, since the
+    Triton interpreter rounds into FP8 wrongly where rounding up reaches the next power of two
+    (31.6 -> 16); the GPU's conversion is tested on unrounded values."""
+    gen = torch.Generator().manual_seed(3)
+    k = torch.randn(tokens, heads, d, generator=gen) * 100
+    v = torch.randn(tokens, heads, d, generator=gen)
+    if exact:
+        k = k.clamp(-448, 448).to(torch.float8_e4m3fn).float()
+        v = v.to(torch.float8_e4m3fn).float()
+    k[0, 0, :4] = torch.tensor([1000.0, -5000.0, 448.0, 449.0])
+    return k.to(src_dtype).to(device), v.to(src_dtype).to(device)
+
+
+def _check_fp8_store(k: torch.Tensor, v: torch.Tensor) -> None:
+    gen = torch.Generator().manual_seed(4)
+    out_slots = (torch.randperm(k.shape[0] + 11, generator=gen)[: k.shape[0]] + 1).to(k.device)
+    pool = _pool(k.shape[0] + 12, k.shape[1], k.shape[2], torch.float8_e4m3fn, gen)
+    got_k, got_v = (t.to(k.device) for t in pool)
+    want_k, want_v = got_k.clone(), got_v.clone()
+    store_kv(k, v, got_k, got_v, out_slots)
+    store_kv_ref(k, v, want_k, want_v, out_slots)
+    assert want_k[out_slots[0], 0, :4].float().tolist() == [448.0, -448.0, 448.0, 448.0]
+    # Bit-exact (the GPU rounds to nearest even, as torch does).
+    assert torch.equal(got_k.view(torch.uint8), want_k.view(torch.uint8))
+    assert torch.equal(got_v.view(torch.uint8), want_v.view(torch.uint8))
+
+
+@pytest.mark.parametrize("src_dtype", [torch.float32, torch.bfloat16])
+def test_fp8_pool_saturates(src_dtype: torch.dtype) -> None:
+    """Into an FP8 (e4m3) pool: values saturate at +-448 (a plain cast of an overflow gives
+    NaN), in the kernel as in the reference."""
+    _check_fp8_store(*_fp8_inputs(9, 2, 48, src_dtype, "cpu", exact=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("src_dtype", [torch.float32, torch.bfloat16])
+def test_fp8_pool_rounds_like_torch_on_gpu(src_dtype: torch.dtype) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    _check_fp8_store(*_fp8_inputs(300, 8, 128, src_dtype, "cuda", exact=False))

@@ -146,3 +146,12 @@ def test_gpu_throughput_16k() -> None:
     ratio = (flops / ms) / (2 * 8192**3 / gemm_ms)
     print(f"prefill 16k {ms:.2f} ms, {flops / ms / 1e9:.0f} TFLOP/s, {ratio:.0%} of GEMM")
     assert ratio >= 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_pool_matches_reference(dtype: torch.dtype) -> None:
+    """K/V read from an FP8 (e4m3) pool and converted to q's dtype in the kernel."""
+    batch = make_batch(REQS, 4, 2, 64, dtype, seed=9)
+    batch["k_cache"] = batch["k_cache"].float().to(torch.float8_e4m3fn)
+    batch["v_cache"] = batch["v_cache"].float().to(torch.float8_e4m3fn)
+    _check(batch, max_q_len=33, dtype=dtype)

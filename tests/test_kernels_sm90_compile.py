@@ -13,6 +13,8 @@ from pathlib import Path
 
 BF16 = "*bf16"
 IDX = {"r2t_ptr": "*i32", "rows_ptr": "*i64", "cu_ptr": "*i64", "lens_ptr": "*i64"}
+FP8_POOLS = {"k_ptr": "*fp8e4nv", "v_ptr": "*fp8e4nv"}  # attention kernels' cache pointers
+FP8_CACHES = {"k_cache_ptr": "*fp8e4nv", "v_cache_ptr": "*fp8e4nv"}  # kv_store's
 
 
 def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: int) -> dict:
@@ -58,19 +60,29 @@ def _compile_all() -> list[dict]:
         rotary,
     )
 
-    def prefill(max_q_len: int) -> dict:
+    def prefill(max_q_len: int, pools: dict | None = None) -> dict:
         bm, bn, warps, stages = prefill_attention.choose_blocks(128, max_q_len, interp=False)
         consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
                       PRECISION="tf32")  # fmt: skip
-        return _compile(prefill_attention._prefill_kernel, IDX, consts, warps, stages)
+        return _compile(prefill_attention._prefill_kernel, {**IDX, **(pools or {})}, consts,
+                        warps, stages)  # fmt: skip
 
     long_prefill = {**prefill(16384), "name": "_prefill_kernel_long"}
+    fp8_prefill = {**prefill(4096, FP8_POOLS), "name": "_prefill_kernel_fp8"}
     stage1 = dict(BLOCK_G=16, BLOCK_N=64, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
                   PRECISION="tf32", NUM_STAGES=3)  # fmt: skip
     mid = {"mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
+    fp8_stage1 = {**_compile(decode_attention._decode_stage1, {**IDX, **mid, **FP8_POOLS},
+                             stage1, 4, 3), "name": "_decode_stage1_fp8"}  # fmt: skip
+    fp8_store = {**_compile(kv_store._kv_store_kernel, {"slots_ptr": "*i64", **FP8_CACHES},
+                            dict(BLOCK_H=8, BLOCK_D=128, TO_FP8=True), 4, 1),
+                 "name": "_kv_store_kernel_fp8"}  # fmt: skip
     return [
         prefill(4096),
         long_prefill,
+        fp8_prefill,
+        fp8_stage1,
+        fp8_store,
         _compile(decode_attention._decode_stage1, {**IDX, **mid}, stage1, 4, 3),
         _compile(decode_attention._decode_stage2, mid, dict(BLOCK_S=8, BLOCK_D=128), 4, 1),
         _compile(rmsnorm._rmsnorm_kernel, {}, dict(HAS_RESIDUAL=True, BLOCK=8192), 16, 1),
@@ -81,9 +93,8 @@ def _compile_all() -> list[dict]:
             4,
             1,
         ),  # fmt: skip
-        _compile(
-            kv_store._kv_store_kernel, {"slots_ptr": "*i64"}, dict(BLOCK_H=8, BLOCK_D=128), 4, 1
-        ),  # fmt: skip
+        _compile(kv_store._kv_store_kernel, {"slots_ptr": "*i64"},
+                 dict(BLOCK_H=8, BLOCK_D=128, TO_FP8=False), 4, 1),  # fmt: skip
         _compile(activation._silu_and_mul_kernel, {}, dict(BLOCK=1024), 8, 1),
     ]
 
@@ -93,7 +104,7 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 8
+    assert len(results) == 11
     # The 16k-token prefill tiles (128 x 64, 4 warps) spill a little but measured faster on an
     # H100 than the spill-free 128 x 128 / 8 warps (50% vs 47% of the GEMM rate): bound it.
     long = results.pop("_prefill_kernel_long")
@@ -103,6 +114,9 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
         assert r["usage"] and all("STACK:0 " in u and "LOCAL:0 " in u for u in r["usage"]), r
     assert results["_prefill_kernel"]["wgmma"] and results["_prefill_kernel"]["cp_async"]
     assert results["_decode_stage1"]["cp_async"]
+    # FP8 pools: the same pipelining (K/V tiles of one byte per element, converted in registers).
+    assert results["_prefill_kernel_fp8"]["wgmma"] and results["_prefill_kernel_fp8"]["cp_async"]
+    assert results["_decode_stage1_fp8"]["cp_async"]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from raylight.engine.attention.backend import AttentionMetadata
+from raylight.kernels.kv_store import store_rows
 
 
 class TorchAttentionBackend:
@@ -19,8 +20,8 @@ class TorchAttentionBackend:
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> None:
-        k_cache.index_copy_(0, meta.out_slots, k.to(k_cache.dtype))
-        v_cache.index_copy_(0, meta.out_slots, v.to(v_cache.dtype))
+        store_rows(k_cache, meta.out_slots, k)
+        store_rows(v_cache, meta.out_slots, v)
 
     def forward(
         self,
