@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine call: the engine's CUDA path end to end, and the host-overhead benchmark.
 #   1. the HF-comparison and API tests with device=auto (= cuda there), float32;
-#   2. host overhead per decode step with fixed logits on the GPU (batch 1 / 64 / 256);
+#   2. host overhead per decode step with fixed logits on the GPU (batch 1 / 64 / 256), and the
+#      part of it async scheduling leaves exposed;
 #   3. a Llama-3.1-8B-shaped random model made on the GPU, loaded in bf16 with the KV pool sized
 #      from free memory, and a short generation.
 # Writes JSON and logs under $OUT (default ./out).
@@ -17,7 +18,8 @@ python3 -c "import torch, triton, transformers; print('torch', torch.__version__
 triton.__version__, 'transformers', transformers.__version__)" | tee "$out/versions.txt"
 
 python3 -m pytest -q -p no:cacheprovider tests/test_engine_hf.py tests/test_llm_api.py \
-  tests/test_async_engine.py tests/test_sampler.py -k "not tensor_parallel" \
+  tests/test_async_engine.py tests/test_sampler.py tests/test_engine_fp8_kv.py \
+  -k "not tensor_parallel" \
   2>&1 | tail -5 | tee "$out/pytest.txt"
 
 # The GPU-only tests: CUDA-graph decode vs eager, Triton vs torch path, KV sizing, kernels.
@@ -28,6 +30,9 @@ python3 -m raylight.benchmarks.host_overhead --device cuda --steps 300 \
   --out "$out/host_overhead.json" 2>&1 | tail -8
 python3 -m raylight.benchmarks.host_overhead --device cuda --steps 300 --cuda-graphs \
   --out "$out/host_overhead_graphs.json" 2>&1 | tail -8
+# What async scheduling hides: step time - 5 ms of device work, with and without overlap.
+python3 -m raylight.benchmarks.exposed_host --device cuda --gpu-busy-ms 5 --steps 200 \
+  --out "$out/exposed_host.json" 2>&1 | tail -14
 
 python3 - "$out" <<'PY' 2>&1 | grep -v "it/s\]" | tail -20
 import json, sys, time, torch

@@ -38,7 +38,7 @@ class DeviceSample:
     `packed` for the one copy to the host (`unpack` reads it there)."""
 
     token_ids: Tensor  # int64 [B]
-    packed: Tensor  # int64 [B, 1] (ids only) or [B, 2 + 2N] (see _pack)
+    packed: Tensor  # int64 [B, 1] (ids only) or [B, 2 + 2N] (see `pack`)
     num_top: int  # N; -1 when `packed` holds only the ids
 
 

@@ -82,7 +82,9 @@ def build_sampling_inputs(
         prompt_mask = _token_mask(rows, [r.prompt_token_ids for r in requests], shape, device)
     if rep_row >= 0 or pres_row >= 0 or freq_row >= 0:
         rows = [i for i, p in enumerate(params) if p.uses_penalties]
-        counts = _token_counts(rows, [_known_output(r) for r in requests], shape, device)
+        history = {i: _known_output(requests[i]) for i in rows}
+        counts = _token_counts(rows, [history.get(i, []) for i in range(len(requests))], shape,
+                               device)  # fmt: skip
 
     logprobs = [p.logprobs for p in params]
     max_num_logprobs = -1

@@ -16,11 +16,14 @@ from raylight.engine.sampling_params import SamplingParams
 from .engine_helpers import run_to_completion
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_models: dict[str, Path]):
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "async_scheduling"])
+def engine(tiny_models: dict[str, Path], request: pytest.FixtureRequest):
+    """Every test runs with both step loops: the synchronous one, and async scheduling (steps
+    scheduled ahead of the last one's update, as on a GPU)."""
     opts = EngineOptions(
-        dtype="float32", max_model_len=256, max_num_seqs=8, max_num_batched_tokens=64
-    )
+        dtype="float32", max_model_len=256, max_num_seqs=8, max_num_batched_tokens=64,
+        async_scheduling=request.param,
+    )  # fmt: skip
     eng = AsyncEngine(create_engine_core(tiny_models["llama"], opts, progress=False))
     yield eng
     eng.shutdown()

@@ -1,5 +1,15 @@
 """Runs policies against one workload at one rate, and finds the rate at which a policy first
-misses the SLA on a fixed geometric grid of rates."""
+misses the SLA on a fixed geometric grid of rates.
+
+What a comparison at that rate can show: goodput = requests meeting the SLA / makespan, so
+past-future / aggressive = (attainment_pf / attainment_agg) x (makespan_agg / makespan_pf).
+Aggressive's attainment there is below MISS_ATTAINMENT but was above it one grid step (10%)
+lower; unless it falls off a cliff within that step, the ratio is at most about 1 / 0.95
+(x the makespan ratio, near 1 while aggressive's backlog is small). A ratio of 1.2 needs
+aggressive to drop below ~0.8 in one step while past-future holds: preemption thrashing that
+starts below past-future's own capacity. Where both are past their capacity (compute-bound
+chat, or a memory-bound pool both fill), both collapse together.
+"""
 
 from __future__ import annotations
 
