@@ -37,6 +37,12 @@ def add_sim(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run every policy at the grid rates around the miss rate",
     )
+    p.add_argument(
+        "--grid-factor",
+        type=float,
+        default=1.1,
+        help="ratio between neighbouring rates of the miss-rate search grid (default 1.1)",
+    )
     p.add_argument("--num-requests", type=int, default=5000)
     p.add_argument("--pool-tokens", type=int, default=1_000_000, help="KV pool size in tokens")
     p.add_argument("--max-num-seqs", type=int, default=1024)
@@ -96,8 +102,12 @@ def run_sim(args: argparse.Namespace) -> int:
         rate, searched = args.rate, {}
         meta["rate_source"] = "--rate"
     else:
-        rate, searched = find_miss_rate(setup, progress=progress)
-        meta["rate_source"] = "first grid rate (x1.1 steps) where aggressive attainment < 0.95"
+        if args.grid_factor <= 1.0:
+            raise SystemExit("--grid-factor must be above 1")
+        rate, searched = find_miss_rate(setup, factor=args.grid_factor, progress=progress)
+        meta["rate_source"] = (
+            f"first grid rate (x{args.grid_factor:g} steps) where aggressive attainment < 0.95"
+        )
         meta["search"] = {str(r): rep.sla_attainment for r, rep in sorted(searched.items())}
     meta["rate"] = rate
     todo = [p for p in policies if not (p == "aggressive" and rate in searched)]
@@ -112,7 +122,7 @@ def run_sim(args: argparse.Namespace) -> int:
         effects = prefix_effect(setup, policies, rate, cached, progress)
         meta["prefix_cache_effect"] = {p: e.to_json() for p, e in effects.items()}
     if args.sweep or args.plot:
-        points = sweep(setup, policies, rate, progress=progress)
+        points = sweep(setup, policies, rate, factor=args.grid_factor, progress=progress)
         meta["sweep"] = {
             str(r): {p: rep.to_json() for p, rep in reps.items()} for r, reps in points.items()
         }
@@ -159,6 +169,8 @@ def _command(args: argparse.Namespace) -> str:
     words += ["--max-num-seqs", str(args.max_num_seqs), "--seed", str(args.seed)]
     words += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
     words += ["--cost-model", args.cost_model]
+    if args.grid_factor != 1.1:
+        words += ["--grid-factor", str(args.grid_factor)]
     flags = {
         "--no-prefix-cache": not args.prefix_cache,
         "--compare-prefix-cache": args.compare_prefix_cache,

@@ -7,7 +7,8 @@ slot out_slots[t]; values are cast to the cache dtype (into FP8 e4m3 saturating 
 Slot 0 is the pool's dummy: padded lanes (CUDA-graph decode) point there, so duplicates of
 slot 0 are allowed and race harmlessly; other slots must be distinct. Slots are not
 bounds-checked on the device.
-Not fused with RoPE: the engine applies rotary to q and k first (kernels/rotary.py).
+With the fused kernels the engine stores K/V through kernels/rope_kv_store.py instead, which
+rotates k straight into the pool; this kernel is the store of the unfused path.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def _kv_store_kernel(
                heads, head_dim, BLOCK_H, BLOCK_D, TO_FP8)  # fmt: skip
 
 
-def _check(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-           out_slots: torch.Tensor) -> None:  # fmt: skip
+def check_store_args(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, out_slots: torch.Tensor) -> None:  # fmt: skip
     check_tensor("k", k, 3, FLOAT_DTYPES, "[T, kv_heads, D]")
     check_tensor("v", v, 3, FLOAT_DTYPES, "[T, kv_heads, D]")
     check_tensor("k_cache", k_cache, 3, KV_DTYPES, "[num_slots, kv_heads, D]")
@@ -89,7 +90,7 @@ def store_kv(
     out_slots: torch.Tensor,
 ) -> None:
     """k_cache[out_slots[t]] = k[t] and v_cache[out_slots[t]] = v[t] for every token t."""
-    _check(k, v, k_cache, v_cache, out_slots)
+    check_store_args(k, v, k_cache, v_cache, out_slots)
     if k.shape[0] == 0:
         return
     heads, head_dim = k.shape[1], k.shape[2]

@@ -24,8 +24,10 @@ from raylight.kernels._common import (
 
 
 @triton.jit
-def _rotate_heads(x_ptr, out_ptr, stride_xt, stride_xh, stride_ot, stride_oh, tok, heads,
-                  cos, sin, half, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):  # fmt: skip
+def _rotate_heads(x_ptr, out_ptr, stride_xt, stride_xh, stride_ot, stride_oh, tok, out_row,
+                  heads, cos, sin, half, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                  TO_FP8: tl.constexpr = False):  # fmt: skip
+    """Rotates the heads of token `tok` into row `out_row` of out (an FP8 out saturates)."""
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_HALF)[None, :]
     for h0 in range(0, heads, BLOCK_H):
@@ -33,10 +35,15 @@ def _rotate_heads(x_ptr, out_ptr, stride_xt, stride_xh, stride_ot, stride_oh, to
         src = x_ptr + tok * stride_xt + (h0 + h) * stride_xh + d
         x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(src + half, mask=mask, other=0.0).to(tl.float32)
-        dst = out_ptr + tok * stride_ot + (h0 + h) * stride_oh + d
+        lo = x1 * cos - x2 * sin
+        hi = x2 * cos + x1 * sin
+        if TO_FP8:
+            lo = tl.clamp(lo, -448.0, 448.0)
+            hi = tl.clamp(hi, -448.0, 448.0)
+        dst = out_ptr + out_row * stride_ot + (h0 + h) * stride_oh + d
         ty = out_ptr.dtype.element_ty
-        tl.store(dst, (x1 * cos - x2 * sin).to(ty), mask=mask)
-        tl.store(dst + half, (x2 * cos + x1 * sin).to(ty), mask=mask)
+        tl.store(dst, lo.to(ty), mask=mask)
+        tl.store(dst + half, hi.to(ty), mask=mask)
 
 
 @triton.jit
@@ -53,14 +60,14 @@ def _rotary_kernel(
     d = tl.arange(0, BLOCK_HALF)[None, :]
     cos = tl.load(cos_ptr + pos * half + d, mask=d < half, other=0.0).to(tl.float32)
     sin = tl.load(sin_ptr + pos * half + d, mask=d < half, other=0.0).to(tl.float32)
-    _rotate_heads(q_ptr, q_out_ptr, stride_qt, stride_qh, stride_qot, stride_qoh, tok, q_heads,
-                  cos, sin, half, BLOCK_H, BLOCK_HALF)  # fmt: skip
-    _rotate_heads(k_ptr, k_out_ptr, stride_kt, stride_kh, stride_kot, stride_koh, tok, k_heads,
-                  cos, sin, half, BLOCK_H, BLOCK_HALF)  # fmt: skip
+    _rotate_heads(q_ptr, q_out_ptr, stride_qt, stride_qh, stride_qot, stride_qoh, tok, tok,
+                  q_heads, cos, sin, half, BLOCK_H, BLOCK_HALF)  # fmt: skip
+    _rotate_heads(k_ptr, k_out_ptr, stride_kt, stride_kh, stride_kot, stride_koh, tok, tok,
+                  k_heads, cos, sin, half, BLOCK_H, BLOCK_HALF)  # fmt: skip
 
 
-def _check(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-           sin: torch.Tensor) -> None:  # fmt: skip
+def check_rotary_args(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                      cos: torch.Tensor, sin: torch.Tensor) -> None:  # fmt: skip
     check_tensor("positions", positions, 1, INDEX_DTYPES, "[T]")
     check_tensor("q", q, 3, FLOAT_DTYPES, "[T, Hq, D]")
     check_tensor("k", k, 3, (q.dtype,), "[T, Hk, D]")
@@ -94,15 +101,13 @@ def rotary_embedding(
     inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns rotated (q, k); with inplace=True they overwrite q and k (and are returned)."""
-    _check(positions, q, k, cos, sin)
+    check_rotary_args(positions, q, k, cos, sin)
     q_out = q if inplace else torch.empty_like(q)
     k_out = k if inplace else torch.empty_like(k)
     if q.shape[0] == 0:
         return q_out, k_out
     half = q.shape[2] // 2
-    block_half = triton.next_power_of_2(half)
-    # About 2k elements per tile: enough parallelism per load without spilling registers.
-    block_h = max(1, min(triton.next_power_of_2(max(q.shape[1], k.shape[1])), 2048 // block_half))
+    block_half, block_h = rotary_blocks(half, max(q.shape[1], k.shape[1]))
     _rotary_kernel[(q.shape[0],)](
         positions, cos, sin, q, k, q_out, k_out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
@@ -111,6 +116,13 @@ def rotary_embedding(
         BLOCK_H=block_h, BLOCK_HALF=block_half, num_warps=4,
     )  # fmt: skip
     return q_out, k_out
+
+
+def rotary_blocks(half: int, heads: int) -> tuple[int, int]:
+    """(BLOCK_HALF, BLOCK_H): about 2k elements per tile, enough parallelism per load without
+    spilling registers."""
+    block_half = triton.next_power_of_2(half)
+    return block_half, max(1, min(triton.next_power_of_2(heads), 2048 // block_half))
 
 
 def rotary_embedding_ref(

@@ -57,6 +57,7 @@ def _compile_all() -> list[dict]:
         kv_store,
         prefill_attention,
         rmsnorm,
+        rope_kv_store,
         rotary,
     )
 
@@ -96,6 +97,14 @@ def _compile_all() -> list[dict]:
         _compile(kv_store._kv_store_kernel, {"slots_ptr": "*i64"},
                  dict(BLOCK_H=8, BLOCK_D=128, TO_FP8=False), 4, 1),  # fmt: skip
         _compile(activation._silu_and_mul_kernel, {}, dict(BLOCK=1024), 8, 1),
+        _compile(
+            rope_kv_store._rope_kv_store_kernel,
+            {"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "slots_ptr": "*i64",
+             **FP8_CACHES},
+            dict(BLOCK_H=32, BLOCK_HALF=64, BLOCK_HV=8, BLOCK_D=128, TO_FP8=True),
+            4,
+            1,
+        ),  # fmt: skip
     ]
 
 
@@ -104,7 +113,7 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 11
+    assert len(results) == 12
     # The 16k-token prefill tiles (128 x 64, 4 warps) spill a little but measured faster on an
     # H100 than the spill-free 128 x 128 / 8 warps (50% vs 47% of the GEMM rate): bound it.
     long = results.pop("_prefill_kernel_long")

@@ -71,15 +71,30 @@ def test_prefix_cache_hits_match_torch(tiny_models: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_fused_layers_match_torch(tiny_models: dict[str, Path], arch: str) -> None:
-    """Fused RMSNorm(+residual), rotary and SiLU-and-mul (what CUDA uses by default)."""
+def test_fused_layers_match_torch(
+    tiny_models: dict[str, Path], arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fused RMSNorm(+residual), rotary with the KV store, and SiLU-and-mul (what CUDA uses by
+    default)."""
+    import raylight.engine.layers.attention as attention_layer
+
+    calls = []
+    fused_store = attention_layer.rope_kv_store
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return fused_store(*args)
+
+    monkeypatch.setattr(attention_layer, "rope_kv_store", counted)
     prompts = _prompts(1, [5, 11, 2])
     arrivals = [0, 0, 2]
     want = _run(tiny_models[arch], prompts, arrivals, attention_backend="torch",
                 max_num_batched_tokens=64)  # fmt: skip
+    assert not calls
     got = _run(tiny_models[arch], prompts, arrivals, attention_backend="triton",
                fused_kernels=True, max_num_batched_tokens=64)  # fmt: skip
     assert got == want
+    assert len(calls) > 10  # every layer of every step stored K/V through the fused kernel
 
 
 def _mixed_metadata(q_lens: list[int], kv_lens: list[int], slots: int) -> AttentionMetadata:

@@ -1,4 +1,6 @@
-"""The attention layer: stores this step's K/V into the pool, then attends through the backend."""
+"""The attention layer: rotary on q and k, this step's K/V into the pool, then attention through
+the backend. With the fused kernels (rope.fused) the first two are one Triton kernel
+(kernels/rope_kv_store.py); the pool layout is the same for every backend."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import torch
 from torch import nn
 
 from raylight.engine.attention.backend import AttentionBackend, AttentionMetadata
+from raylight.engine.layers.rotary import RotaryEmbedding
+from raylight.kernels.rope_kv_store import rope_kv_store
 
 
 @dataclass(slots=True)
@@ -27,11 +31,23 @@ class Attention(nn.Module):
         self.scale = head_dim**-0.5
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        rope: RotaryEmbedding,
+        ctx: ForwardContext,
     ) -> torch.Tensor:
-        # q: [T, H, D]; k, v: [T, Hk, D] -> [T, H * D]
+        # q: [T, H, D]; k, v: [T, Hk, D] (before rotary); positions: [T] -> [T, H * D]
         k_cache = ctx.k_caches[self.layer_idx]
         v_cache = ctx.v_caches[self.layer_idx]
-        ctx.backend.store_kv(k, v, k_cache, v_cache, ctx.attn)
+        contiguous = q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        if rope.fused and contiguous and q.dtype == k.dtype == v.dtype:
+            q = rope_kv_store(positions, q, k, v, rope.cos, rope.sin, k_cache, v_cache,
+                              ctx.attn.out_slots)  # fmt: skip
+        else:
+            q, k = rope(positions, q, k)
+            ctx.backend.store_kv(k, v, k_cache, v_cache, ctx.attn)
         out = ctx.backend.forward(q, k_cache, v_cache, ctx.attn, self.scale)
         return out.reshape(out.shape[0], -1)
