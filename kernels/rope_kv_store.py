@@ -17,6 +17,7 @@ import triton.language as tl
 from raylight.kernels._common import FP8_KV_DTYPE
 from raylight.kernels.kv_store import _store_one, check_store_args, store_kv_ref
 from raylight.kernels.rotary import (
+    _cos_sin,
     _rotate_heads,
     check_rotary_args,
     rotary_blocks,
@@ -35,11 +36,8 @@ def _rope_kv_store_kernel(
     BLOCK_D: tl.constexpr, TO_FP8: tl.constexpr,
 ):  # fmt: skip
     tok = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + tok).to(tl.int64)
     slot = tl.load(slots_ptr + tok).to(tl.int64)
-    d = tl.arange(0, BLOCK_HALF)[None, :]
-    cos = tl.load(cos_ptr + pos * half + d, mask=d < half, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + pos * half + d, mask=d < half, other=0.0).to(tl.float32)
+    cos, sin = _cos_sin(pos_ptr, cos_ptr, sin_ptr, tok, half, BLOCK_HALF)
     _rotate_heads(q_ptr, q_out_ptr, stride_qt, stride_qh, stride_qot, stride_qoh, tok, tok,
                   q_heads, cos, sin, half, BLOCK_H, BLOCK_HALF)  # fmt: skip
     _rotate_heads(k_ptr, k_cache_ptr, stride_kt, stride_kh, stride_kcs, stride_kch, tok, slot,

@@ -24,6 +24,16 @@ from raylight.kernels._common import (
 
 
 @triton.jit
+def _cos_sin(pos_ptr, cos_ptr, sin_ptr, tok, half, BLOCK_HALF: tl.constexpr):
+    """fp32 cos and sin [1, BLOCK_HALF] of token `tok`'s position."""
+    pos = tl.load(pos_ptr + tok).to(tl.int64)
+    d = tl.arange(0, BLOCK_HALF)[None, :]
+    cos = tl.load(cos_ptr + pos * half + d, mask=d < half, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + pos * half + d, mask=d < half, other=0.0).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
 def _rotate_heads(x_ptr, out_ptr, stride_xt, stride_xh, stride_ot, stride_oh, tok, out_row,
                   heads, cos, sin, half, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
                   TO_FP8: tl.constexpr = False):  # fmt: skip
@@ -56,10 +66,7 @@ def _rotary_kernel(
     BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
     tok = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + tok).to(tl.int64)
-    d = tl.arange(0, BLOCK_HALF)[None, :]
-    cos = tl.load(cos_ptr + pos * half + d, mask=d < half, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + pos * half + d, mask=d < half, other=0.0).to(tl.float32)
+    cos, sin = _cos_sin(pos_ptr, cos_ptr, sin_ptr, tok, half, BLOCK_HALF)
     _rotate_heads(q_ptr, q_out_ptr, stride_qt, stride_qh, stride_qot, stride_qoh, tok, tok,
                   q_heads, cos, sin, half, BLOCK_H, BLOCK_HALF)  # fmt: skip
     _rotate_heads(k_ptr, k_out_ptr, stride_kt, stride_kh, stride_kot, stride_koh, tok, tok,
