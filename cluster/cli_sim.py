@@ -43,6 +43,13 @@ def add_sim(subparsers: argparse._SubParsersAction) -> None:
         default=1.1,
         help="ratio between neighbouring rates of the miss-rate search grid (default 1.1)",
     )
+    p.add_argument(
+        "--refine-factor",
+        type=float,
+        default=None,
+        help="after the grid search, step from the last rate that met the SLA by this factor "
+        "(e.g. 1.02) to the first that misses it",
+    )
     p.add_argument("--num-requests", type=int, default=5000)
     p.add_argument("--pool-tokens", type=int, default=1_000_000, help="KV pool size in tokens")
     p.add_argument("--max-num-seqs", type=int, default=1024)
@@ -85,7 +92,13 @@ def add_sim(subparsers: argparse._SubParsersAction) -> None:
 def run_sim(args: argparse.Namespace) -> int:
     from raylight.engine.sim.cost_model import COST_MODELS
     from raylight.engine.sim.loop import SimConfig
-    from raylight.engine.sim.sweep import SimSetup, find_miss_rate, run_policies, sweep
+    from raylight.engine.sim.sweep import (
+        SimSetup,
+        find_miss_rate,
+        refine_miss_rate,
+        run_policies,
+        sweep,
+    )
 
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
     config = SimConfig(
@@ -108,6 +121,15 @@ def run_sim(args: argparse.Namespace) -> int:
         meta["rate_source"] = (
             f"first grid rate (x{args.grid_factor:g} steps) where aggressive attainment < 0.95"
         )
+        if args.refine_factor is not None:
+            if not 1.0 < args.refine_factor < args.grid_factor:
+                raise SystemExit("--refine-factor must be above 1 and below --grid-factor")
+            below = max(r for r in searched if r < rate)
+            rate = refine_miss_rate(setup, below, rate, args.refine_factor, searched,
+                                    progress=progress)  # fmt: skip
+            meta["rate_source"] += (
+                f", refined in x{args.refine_factor:g} steps from {below} (which meets it)"
+            )
         meta["search"] = {str(r): rep.sla_attainment for r, rep in sorted(searched.items())}
     meta["rate"] = rate
     todo = [p for p in policies if not (p == "aggressive" and rate in searched)]
@@ -171,6 +193,8 @@ def _command(args: argparse.Namespace) -> str:
     words += ["--cost-model", args.cost_model]
     if args.grid_factor != 1.1:
         words += ["--grid-factor", str(args.grid_factor)]
+    if args.refine_factor is not None:
+        words += ["--refine-factor", str(args.refine_factor)]
     flags = {
         "--no-prefix-cache": not args.prefix_cache,
         "--compare-prefix-cache": args.compare_prefix_cache,

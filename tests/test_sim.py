@@ -191,6 +191,24 @@ def test_cli_finds_the_rate_where_aggressive_misses(capsys: pytest.CaptureFixtur
     assert below and search[max(below)] >= 0.95
 
 
+def test_cli_refines_the_miss_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    """--refine-factor: from the last coarse rate that met the SLA, 2% steps up to the first
+    that misses it (at or below the coarse miss)."""
+    argv = ["sim", "--workload", "sharegpt", "--policy", "aggressive", "--json", "--quiet"]
+    common = ["--num-requests", "300", "--max-num-seqs", "24"]
+    assert main([*argv, *common]) == 0
+    first = json.loads(capsys.readouterr().out)["sim"]
+    coarse = first["rate"]
+    below = max(float(r) for r in first["search"] if float(r) < coarse)
+    assert main([*argv, *common, "--refine-factor", "1.02"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    search = {float(r): a for r, a in out["sim"]["search"].items()}
+    rate = out["sim"]["rate"]
+    assert below < rate <= coarse and search[rate] < 0.95
+    assert all(search[r] >= 0.95 for r in search if below <= r < rate)
+    assert "--refine-factor 1.02" in out["sim"]["command"]
+
+
 def test_cli_prefix_cache_comparison_on_multiturn(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["sim", "--workload", "multiturn", "--rate", "5", "--num-requests", "300", "--json"]
     assert main([*argv, "--quiet", "--policy", "aggressive", "--compare-prefix-cache"]) == 0

@@ -93,6 +93,28 @@ def find_miss_rate(
     raise RuntimeError(f"no SLA miss found within {max_points} grid points of {base} req/s")
 
 
+def refine_miss_rate(
+    setup: SimSetup,
+    below: float,
+    miss: float,
+    factor: float,
+    seen: dict[float, PolicyReport],
+    policy: str = "aggressive",
+    progress: Progress | None = None,
+) -> float:
+    """The first rate of the finer grid below x factor^j (j >= 1) under `miss` at which `policy`
+    misses the SLA, `miss` itself if none does; `below` must meet it and `miss` miss it.
+    Reports computed on the way are added to `seen`."""
+    rate = round(below * factor, 6)
+    while rate < miss:
+        if rate not in seen:
+            seen[rate] = run_policies(setup, [policy], rate, progress)[policy]
+        if seen[rate].sla_attainment < MISS_ATTAINMENT:
+            return rate
+        rate = round(rate * factor, 6)
+    return miss
+
+
 def sweep(
     setup: SimSetup,
     policies: Sequence[str],
