@@ -44,6 +44,12 @@ def add_sim(subparsers: argparse._SubParsersAction) -> None:
         help="ratio between neighbouring rates of the miss-rate search grid (default 1.1)",
     )
     p.add_argument(
+        "--base-rate",
+        type=float,
+        default=None,
+        help="anchor of the miss-rate grid (default: per workload, set for the H200 model)",
+    )
+    p.add_argument(
         "--refine-factor",
         type=float,
         default=None,
@@ -57,7 +63,7 @@ def add_sim(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--cost-model",
-        choices=("h200-llama3-8b", "h100-llama3-8b", "h100x4-llama3-70b"),
+        choices=("h200-llama3-8b", "h100-llama3-8b", "h100x4-llama3-70b", "l4-llama3-8b"),
         default="h200-llama3-8b",
         help="roofline step-time model of the replica (set --pool-tokens to match it)",
     )
@@ -117,7 +123,8 @@ def run_sim(args: argparse.Namespace) -> int:
     else:
         if args.grid_factor <= 1.0:
             raise SystemExit("--grid-factor must be above 1")
-        rate, searched = find_miss_rate(setup, factor=args.grid_factor, progress=progress)
+        rate, searched = find_miss_rate(setup, factor=args.grid_factor, progress=progress,
+                                        base_rate=args.base_rate)  # fmt: skip
         meta["rate_source"] = (
             f"first grid rate (x{args.grid_factor:g} steps) where aggressive attainment < 0.95"
         )
@@ -195,6 +202,8 @@ def _command(args: argparse.Namespace) -> str:
         words += ["--grid-factor", str(args.grid_factor)]
     if args.refine_factor is not None:
         words += ["--refine-factor", str(args.refine_factor)]
+    if args.base_rate is not None:
+        words += ["--base-rate", str(args.base_rate)]
     flags = {
         "--no-prefix-cache": not args.prefix_cache,
         "--compare-prefix-cache": args.compare_prefix_cache,

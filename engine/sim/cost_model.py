@@ -77,10 +77,26 @@ def h100x4_llama3_70b() -> CostModel:
     )
 
 
+def l4_llama3_8b() -> CostModel:
+    """Llama-3.1-8B on one NVIDIA L4 (24 GB, 300 GB/s, 121 TFLOP/s dense bf16), a common small
+    deployment whose pool binds before compute: 90% of 300 GB/s, 60% of the FLOP/s; a decode
+    request costs its own GEMM row (2 x 8e9 FLOPs; the weight read no longer hides it). The
+    pool is ~30k tokens: 0.9 x 24 GB - 16 GB weights - ~1.5 GB, 128 KiB/token. Roofline only,
+    unmeasured."""
+    hbm, flops = 0.9 * 300e9, 0.6 * 121e12
+    return CostModel(
+        base_s=_WEIGHT_BYTES / hbm + 0.25e-3,
+        prefill_token_s=_FLOPS_PER_TOKEN / flops,
+        decode_request_s=_FLOPS_PER_TOKEN / flops,
+        kv_token_s=_KV_BYTES_PER_TOKEN / hbm,
+    )
+
+
 COST_MODELS = {
     "h200-llama3-8b": h200_llama3_8b,
     "h100-llama3-8b": h100_llama3_8b,
     "h100x4-llama3-70b": h100x4_llama3_70b,
+    "l4-llama3-8b": l4_llama3_8b,
 }
 
 

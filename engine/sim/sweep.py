@@ -70,10 +70,12 @@ def find_miss_rate(
     factor: float = 1.1,
     max_points: int = 24,
     progress: Progress | None = None,
+    base_rate: float | None = None,
 ) -> tuple[float, dict[float, PolicyReport]]:
-    """The lowest rate of the grid BASE_RATE x factor^k at which `policy` misses the SLA while the
-    grid point below it does not; also every report computed on the way, by rate."""
-    base = BASE_RATE[setup.workload]
+    """The lowest rate of the grid base_rate x factor^k at which `policy` misses the SLA while
+    the grid point below it does not; also every report computed on the way, by rate.
+    base_rate defaults to BASE_RATE of the workload (anchors for the H200 cost model)."""
+    base = BASE_RATE[setup.workload] if base_rate is None else base_rate
     seen: dict[float, PolicyReport] = {}
 
     def misses(k: int) -> bool:
