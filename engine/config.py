@@ -45,7 +45,7 @@ class EngineOptions:
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
     cuda_graph_max_batch: int = 256
     # Schedule and launch each step while the one before still runs on the device (vLLM's
-    # async scheduling, SGLang's overlap scheduler). None: on CUDA at tensor_parallel_size 1.
+    # async scheduling, SGLang's overlap scheduler). None: on CUDA.
     async_scheduling: bool | None = None
     # The KV pool's element type: "auto" (the model's dtype) or "fp8" / "fp8_e4m3" (e4m3 with
     # scale 1, as vLLM's default fp8: half the bytes per token, so twice the tokens and half
@@ -82,7 +82,6 @@ class EngineConfig:
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
-    # Only at TP=1: worker ranks never see the sampled ids that scheduled-ahead steps read.
     async_scheduling: bool = False
 
 
@@ -120,9 +119,7 @@ def resolve_engine_config(
         )
     async_scheduling = options.async_scheduling
     if async_scheduling is None:
-        async_scheduling = device.type == "cuda" and options.tensor_parallel_size == 1
-    if async_scheduling and options.tensor_parallel_size > 1:
-        raise ValueError("async_scheduling needs tensor_parallel_size=1 for now")
+        async_scheduling = device.type == "cuda"
     num_slots = options.num_kv_slots
     if num_slots is None and device.type != "cuda":
         num_slots = max(options.cpu_kv_cache_tokens, max_model_len)

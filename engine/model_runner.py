@@ -78,6 +78,7 @@ class ModelRunner:
         On CUDA without `num_kv_slots`: profile steps, then the KV pool from what is left, then
         the decode CUDA graphs (see kv_sizing.py and cuda_graphs.py)."""
         self.config = config
+        self.tp = tp
         self.device = config.device
         arch = config.arch
         sched = config.scheduler
@@ -146,10 +147,7 @@ class ModelRunner:
     ) -> LaunchedStep:
         """Queues the forward pass and sampling of `batch`; waits for nothing. `prev` is the
         step still running whose sampled ids feed `batch.pending_lanes` (scheduled ahead)."""
-        prev_ids = None
-        if batch.pending_lanes.shape[0]:
-            assert prev is not None and prev.sample is not None, "pending inputs need prev"
-            prev_ids = prev.sample.token_ids
+        prev_ids = prev.sample.token_ids if prev is not None and prev.sample is not None else None
         logits = self.forward(batch, prev_ids=prev_ids)
         requests = batch.sampling_requests
         if logits is None:
@@ -179,23 +177,33 @@ class ModelRunner:
         """Runs the model; returns the logits [S, vocab] of the sampling requests (None if no
         request samples). Every tensor-parallel rank calls this with the same batch.
         Decode-only batches within the largest bucket replay a CUDA graph unless `eager`.
-        `prev_ids`: int64 [S'] sampled ids of the step before, read at `batch.pending_lanes`."""
+        `prev_ids`: int64 [S'] sampled ids of the step before, read at `batch.pending_lanes`
+        (rank 0; the other ranks receive what they read from it)."""
         if not eager and self.graphs is not None and self.graphs.can_run(batch):
             return self._forward_graph(batch, prev_ids)
         return self._forward_eager(batch, prev_ids)
 
+    def _pending_ids(self, prev_rows: torch.Tensor, prev_ids: torch.Tensor | None) -> torch.Tensor:
+        """int64 [P]: the input ids of the batch's pending lanes, on every rank."""
+        if self.tp.rank == 0:
+            assert prev_ids is not None, "pending inputs need the previous step's ids"
+            ids = prev_ids.index_select(0, prev_rows)
+        else:
+            ids = torch.empty(prev_rows.shape, dtype=torch.int64, device=self.device)
+        return self.tp.broadcast_from_first(ids)
+
     def _forward_graph(self, batch: Batch, prev_ids: torch.Tensor | None) -> torch.Tensor:
         b = batch
         pending = None
-        if b.table_rows.shape[0] or prev_ids is not None:
+        if b.table_rows.shape[0] or b.pending_lanes.shape[0]:
             t_rows, t_positions, t_slots, lanes, prev_rows = self.uploader.upload(
                 [b.table_rows, b.table_positions, b.table_slots, b.pending_lanes, b.pending_rows]
             )
             # Entries the scheduler wrote without computing them (prefix cache): before attention.
             if b.table_rows.shape[0]:
                 write_table(self.req_to_token, t_rows, t_positions, t_slots)
-            if prev_ids is not None:
-                pending = (lanes, prev_ids.index_select(0, prev_rows))
+            if b.pending_lanes.shape[0]:
+                pending = (lanes, self._pending_ids(prev_rows, prev_ids))
         assert self.graphs is not None
         hidden = self.graphs.run(batch, pending)  # [B, hidden]: every request samples, in order
         return self.model.compute_logits(hidden)
@@ -208,8 +216,8 @@ class ModelRunner:
                   b.pending_rows]  # fmt: skip
         (input_ids, positions, out_slots, token_rows, cu_q, kv_lens, req_rows, logits_idx,
          t_rows, t_positions, t_slots, lanes, prev_rows) = self.uploader.upload(arrays)  # fmt: skip
-        if prev_ids is not None:
-            input_ids.index_copy_(0, lanes, prev_ids.index_select(0, prev_rows))
+        if b.pending_lanes.shape[0]:
+            input_ids.index_copy_(0, lanes, self._pending_ids(prev_rows, prev_ids))
         # The scheduler wrote these entries into its host table; mirror them on the device.
         # Cached-prefix entries and new-token entries never share a (row, position).
         if b.table_rows.shape[0]:

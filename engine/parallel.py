@@ -21,6 +21,12 @@ class TPGroup:
             dist.all_reduce(x, group=self.group)
         return x
 
+    def broadcast_from_first(self, x: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `x` on every rank (in place; the others pass a buffer of its shape)."""
+        if self.size > 1:
+            dist.broadcast(x, src=0, group=self.group)
+        return x
+
     def min_int(self, value: int, device: torch.device) -> int:
         """The smallest `value` over all ranks (so every rank sizes its KV pool the same)."""
         if self.size == 1:

@@ -1,5 +1,7 @@
 """Tensor parallelism inside one engine replica: rank 0 runs the scheduler and samples; ranks
 1..N-1 are worker processes that run their model shard on the batch rank 0 broadcasts each step.
+With async scheduling, the input ids a step reads from the step before (pending lanes) reach the
+workers from rank 0's device over the device group, inside the forward pass.
 
 Per step, rank 0 sends one fixed-size header and one int64 payload over a gloo (CPU) group; the
 model's own collectives (all-reduce, all-gather of logits) use the device group (NCCL on GPU,
@@ -24,11 +26,13 @@ from raylight.engine.engine_core import EngineCore
 from raylight.engine.model_runner import LaunchedStep, ModelRunner
 from raylight.engine.parallel import TPGroup
 
-# num_tokens, num_reqs, num_sampled, max_q_len, max_kv_len, stop flag, num table entries, 0
+# num_tokens, num_reqs, num_sampled, max_q_len, max_kv_len, stop flag, num table entries,
+# num pending lanes (async scheduling: their ids come from rank 0 over the device group)
 _HEADER = 8
 _ARRAYS = (
     "input_ids", "positions", "out_slots", "token_rows", "cu_seqlens_q", "seq_lens_kv", "req_rows",
     "num_new", "sample_indices", "logits_indices", "table_rows", "table_positions", "table_slots",
+    "pending_lanes", "pending_rows",
 )  # fmt: skip
 
 
@@ -64,7 +68,6 @@ class TPModelRunner(ModelRunner):
     def launch(
         self, batch: Batch, prev: LaunchedStep | None = None, keep_logits: bool = False
     ) -> LaunchedStep:
-        assert batch.pending_lanes.shape[0] == 0, "workers cannot read pending inputs"
         _send_batch(batch, self.cpu_group)
         return super().launch(batch, prev, keep_logits)
 
@@ -102,7 +105,7 @@ def _send_batch(batch: Batch, group: dist.ProcessGroup) -> None:
     arrays = [getattr(batch, name) for name in _ARRAYS]
     header = torch.tensor(
         [batch.num_tokens, len(batch.requests), len(batch.sample_indices),
-         batch.max_q_len, batch.max_kv_len, 0, len(batch.table_rows), 0],
+         batch.max_q_len, batch.max_kv_len, 0, len(batch.table_rows), len(batch.pending_lanes)],
         dtype=torch.int64,
     )  # fmt: skip
     dist.broadcast(header, src=0, group=group)
@@ -112,10 +115,10 @@ def _send_batch(batch: Batch, group: dist.ProcessGroup) -> None:
 def _recv_batch(group: dist.ProcessGroup) -> Batch | None:
     header = torch.empty(_HEADER, dtype=torch.int64)
     dist.broadcast(header, src=0, group=group)
-    t, b, s, max_q, max_kv, stop, e, _ = header.tolist()
+    t, b, s, max_q, max_kv, stop, e, p = header.tolist()
     if stop:
         return None
-    sizes = [t, t, t, t, b + 1, b, b, b, s, s, e, e, e]
+    sizes = [t, t, t, t, b + 1, b, b, b, s, s, e, e, e, p, p]
     payload = torch.empty(sum(sizes), dtype=torch.int64)
     dist.broadcast(payload, src=0, group=group)
     parts = np.split(payload.numpy(), np.cumsum(sizes)[:-1])

@@ -188,7 +188,7 @@ def test_llm_api_with_async_scheduling(tiny_models: dict[str, Path]) -> None:
     assert runs[0] == runs[1]
 
 
-def test_async_scheduling_needs_one_rank(tiny_models: dict[str, Path]) -> None:
+def test_async_scheduling_resolves_auto(tiny_models: dict[str, Path]) -> None:
     from raylight.engine.config import resolve_engine_config
     from raylight.engine.model_config import load_arch_config
 
@@ -196,6 +196,5 @@ def test_async_scheduling_needs_one_rank(tiny_models: dict[str, Path]) -> None:
     arch = load_arch_config(model)
     on_cpu = resolve_engine_config(model, arch, EngineOptions(device="cpu"))
     assert not on_cpu.async_scheduling  # auto: only with CUDA
-    with pytest.raises(ValueError, match="async_scheduling needs tensor_parallel_size=1"):
-        options = EngineOptions(device="cpu", tensor_parallel_size=2, async_scheduling=True)
-        resolve_engine_config(model, arch, options)
+    options = EngineOptions(device="cpu", tensor_parallel_size=2, async_scheduling=True)
+    assert resolve_engine_config(model, arch, options).async_scheduling
