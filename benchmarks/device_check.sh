@@ -32,7 +32,7 @@ python3 -m raylight.benchmarks.host_overhead --device cuda --steps 300 --cuda-gr
   --out "$out/host_overhead_graphs.json" 2>&1 | tail -8
 # What async scheduling hides: step time - 5 ms of device work, with and without overlap.
 python3 -m raylight.benchmarks.exposed_host --device cuda --gpu-busy-ms 5 --steps 200 \
-  --out "$out/exposed_host.json" 2>&1 | tail -14
+  --cuda-graphs --out "$out/exposed_host.json" 2>&1 | tail -14
 
 python3 - "$out" <<'PY' 2>&1 | grep -v "it/s\]" | tail -20
 import json, sys, time, torch

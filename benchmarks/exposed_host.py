@@ -55,9 +55,11 @@ def cycles_per_ms(device: torch.device) -> float:
 
 
 def measure(batch: int, steps: int, vocab: int, params: SamplingParams, device: str,
-            cycles: int, async_scheduling: bool) -> dict[str, float]:  # fmt: skip
-    """Mean wall time of `steps` decode steps of `batch` requests through EngineCore.step."""
-    config = dataclasses.replace(_config(batch, vocab, 64 + steps, device, graphs=False),
+            cycles: int, async_scheduling: bool,
+            graphs: bool = False) -> dict[str, float]:  # fmt: skip
+    """Mean wall time of `steps` decode steps of `batch` requests through EngineCore.step
+    (decode steps replayed from CUDA graphs with `graphs`, as the engine does)."""
+    config = dataclasses.replace(_config(batch, vocab, 64 + steps, device, graphs),
                                  async_scheduling=async_scheduling)  # fmt: skip
     runner = ModelRunner(config, SINGLE_RANK, model=BusyModel(vocab, cycles).to(device))
     core = EngineCore(config, runner)
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-busy-ms", type=float, default=5.0, help="device time per step")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cuda-graphs", action="store_true", help="decode steps from CUDA graphs")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if not cuda and args.gpu_busy_ms:
@@ -101,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, params in cases.items():
         for b in args.batch:
             for on in (False, True):
-                measure(b, 10, args.vocab, params, args.device, cycles, on)  # warm-up
-                row = measure(b, args.steps, args.vocab, params, args.device, cycles, on)
+                run = (args.vocab, params, args.device, cycles, on, args.cuda_graphs)
+                measure(b, 10, *run)  # warm-up
+                row = measure(b, args.steps, *run)
                 row["exposed_host_ms"] = row["step_ms"] - args.gpu_busy_ms
                 rows.append({"sampling": name, **row})
     report = {
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu_busy_ms": args.gpu_busy_ms,
         "sleep_cycles_per_ms": rate,
         "vocab": args.vocab,
+        "cuda_graphs": args.cuda_graphs,
         "command": "python -m raylight.benchmarks.exposed_host "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "results": rows,
