@@ -28,6 +28,12 @@ def _pick(rows: list[dict], match: dict[str, int]) -> dict | None:
     return rows[-1] if rows else None
 
 
+def _model_dtype_decode(kern: dict[str, Any]) -> list[dict]:
+    """The decode rows timed on the pool of the shapes' dtype (not the extra FP8-pool row)."""
+    pool_dtype = (kern.get("shapes") or {}).get("dtype", "bfloat16")
+    return [r for r in kern.get("decode") or [] if r.get("kv_dtype", pool_dtype) == pool_dtype]
+
+
 def _resolved_backend(report: dict[str, Any]) -> str | None:
     """The backend the engine resolved at its last load, else the option as given."""
     loads = report.get("engine_loads") or []
@@ -67,11 +73,8 @@ def build_summary(report: dict[str, Any], arch: ModelArchConfig | None) -> dict[
     gemm = (ceil.get("gemm") or {}).get("flops_per_s")
     lat = res.get("latency") or {}
     kern = res.get("kernels") or {}
-    pool_dtype = (kern.get("shapes") or {}).get("dtype", "bfloat16")
-    decode_rows = kern.get("decode") or []
-    main_rows = [r for r in decode_rows if r.get("kv_dtype", pool_dtype) == pool_dtype]
-    dec = _pick(main_rows, {"batch": 64, "kv_len": 4096})
-    fp8 = next((r for r in decode_rows if r.get("kv_dtype") == "float8_e4m3fn"), None)
+    dec = _pick(_model_dtype_decode(kern), {"batch": 64, "kv_len": 4096})
+    fp8 = next((r for r in kern.get("decode") or [] if r.get("kv_dtype") == "float8_e4m3fn"), None)
     pre = _pick(kern.get("prefill") or [], {"q_len": 16384})
     hf = res.get("hf") or {}
     hf_out = (hf.get("hf") or {}).get("out_tok_s")
@@ -135,8 +138,7 @@ def write_plot(report: dict[str, Any], path: Path) -> str:
     kern = report["results"].get("kernels") or {}
     s = report["summary"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    pool_dtype = (kern.get("shapes") or {}).get("dtype", "bfloat16")
-    decode = [r for r in kern.get("decode") or [] if r.get("kv_dtype", pool_dtype) == pool_dtype]
+    decode = _model_dtype_decode(kern)
     batches = sorted({r["batch"] for r in decode})
     ctxs = sorted({r["kv_len"] for r in decode})
     width = 0.8 / max(1, len(batches))

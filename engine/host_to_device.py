@@ -22,8 +22,7 @@ class HostToDevice:
         # Two staging buffers used in turn, each with the event of its last copy: with overlap
         # a step is uploaded while the one before may not have run (nor read its buffer) yet.
         self._staging = [torch.empty(0, dtype=torch.int64) for _ in range(2)]
-        cuda = device.type == "cuda"
-        self._copied = [torch.cuda.Event() if cuda else None for _ in range(2)]
+        self._copied = [torch.cuda.Event() if self._pin_memory else None for _ in range(2)]
         self._turn = 0
 
     def upload(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:

@@ -82,9 +82,8 @@ def build_sampling_inputs(
         prompt_mask = _token_mask(rows, [r.prompt_token_ids for r in requests], shape, device)
     if rep_row >= 0 or pres_row >= 0 or freq_row >= 0:
         rows = [i for i, p in enumerate(params) if p.uses_penalties]
-        history = {i: _known_output(requests[i]) for i in rows}
-        counts = _token_counts(rows, [history.get(i, []) for i in range(len(requests))], shape,
-                               device)  # fmt: skip
+        history = [_known_output(r) if p.uses_penalties else [] for r, p in zip(requests, params)]
+        counts = _token_counts(rows, history, shape, device)
 
     logprobs = [p.logprobs for p in params]
     max_num_logprobs = -1
@@ -129,10 +128,9 @@ def needs_only_argmax(requests: Sequence[Request]) -> bool:
 def _known_output(req: Request) -> list[int]:
     """The output before the token being sampled. Penalties need every earlier token, so a
     batch with penalties is never scheduled ahead of the batch that samples them."""
-    out = req.output_token_ids[:-1]
     if req.num_pending > 1:
         raise RuntimeError("penalties need the tokens of the batch still running")
-    return out
+    return req.output_token_ids[:-1]
 
 
 def _append_if_used(rows: list[list[float]], values: list[float], neutral: float) -> int:

@@ -16,7 +16,7 @@ from raylight.engine.llm import create_engine_core
 from raylight.engine.sampling_params import SamplingParams
 
 from .engine_helpers import run_to_completion
-from .test_engine_hf import make_prompts
+from .test_engine_hf import hf_greedy, make_prompts
 
 NEW_TOKENS = 24
 
@@ -32,17 +32,8 @@ def _fp8(x: torch.Tensor) -> torch.Tensor:
     return x.float().clamp(-448, 448).to(torch.float8_e4m3fn).to(x.dtype)
 
 
-@torch.no_grad()
 def hf_fp8_greedy(model: torch.nn.Module, prompt: list[int]) -> tuple[list[int], torch.Tensor]:
-    out = model(torch.tensor([prompt]), past_key_values=Fp8RoundedCache(), use_cache=True)
-    first_logits = out.logits[0, -1]
-    tokens: list[int] = []
-    for _ in range(NEW_TOKENS):
-        tokens.append(int(out.logits[0, -1].argmax()))
-        out = model(
-            torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True
-        )
-    return tokens, first_logits
+    return hf_greedy(model, prompt, NEW_TOKENS, Fp8RoundedCache())
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])

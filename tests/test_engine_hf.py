@@ -28,10 +28,12 @@ def make_prompts(vocab: int, seed: int = 0) -> list[list[int]]:
 
 
 @torch.no_grad()
-def hf_greedy(model: torch.nn.Module, prompt: list[int], n: int) -> tuple[list[int], torch.Tensor]:
-    """HF's model with its own KV cache, argmax each step, no end-of-sequence (= ignore_eos).
-    Returns the tokens and the prompt's last-position logits."""
-    out = model(torch.tensor([prompt]), use_cache=True)
+def hf_greedy(
+    model: torch.nn.Module, prompt: list[int], n: int, cache: object | None = None
+) -> tuple[list[int], torch.Tensor]:
+    """HF's model with its own KV cache (or `cache`, an HF Cache), argmax each step, no
+    end-of-sequence (= ignore_eos). Returns the tokens and the prompt's last-position logits."""
+    out = model(torch.tensor([prompt]), past_key_values=cache, use_cache=True)
     first_logits = out.logits[0, -1]
     tokens: list[int] = []
     for _ in range(n):

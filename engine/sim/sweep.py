@@ -3,8 +3,8 @@ misses the SLA on a fixed geometric grid of rates.
 
 What a comparison at that rate can show: goodput = requests meeting the SLA / makespan, so
 past-future / aggressive = (attainment_pf / attainment_agg) x (makespan_agg / makespan_pf).
-Aggressive's attainment there is below MISS_ATTAINMENT but was above it one grid step (10%)
-lower; unless it falls off a cliff within that step, the ratio is at most about 1 / 0.95
+Aggressive's attainment there is below MISS_ATTAINMENT but was above it one grid step lower;
+unless it falls off a cliff within that step, the ratio is at most about 1 / 0.95
 (x the makespan ratio, near 1 while aggressive's backlog is small). A ratio of 1.2 needs
 aggressive to drop below ~0.8 in one step while past-future holds: preemption thrashing that
 starts below past-future's own capacity. Where both are past their capacity (compute-bound
@@ -79,10 +79,7 @@ def find_miss_rate(
     seen: dict[float, PolicyReport] = {}
 
     def misses(k: int) -> bool:
-        rate = grid_rate(base, factor, k)
-        if rate not in seen:
-            seen[rate] = run_policies(setup, [policy], rate, progress)[policy]
-        return seen[rate].sla_attainment < MISS_ATTAINMENT
+        return _misses(setup, policy, grid_rate(base, factor, k), seen, progress)
 
     k = 0
     step = -1 if misses(0) else 1
@@ -109,12 +106,18 @@ def refine_miss_rate(
     Reports computed on the way are added to `seen`."""
     rate = round(below * factor, 6)
     while rate < miss:
-        if rate not in seen:
-            seen[rate] = run_policies(setup, [policy], rate, progress)[policy]
-        if seen[rate].sla_attainment < MISS_ATTAINMENT:
+        if _misses(setup, policy, rate, seen, progress):
             return rate
         rate = round(rate * factor, 6)
     return miss
+
+
+def _misses(setup: SimSetup, policy: str, rate: float, seen: dict[float, PolicyReport],
+            progress: Progress | None) -> bool:  # fmt: skip
+    """Whether `policy` misses the SLA at `rate` (each rate simulated once, kept in `seen`)."""
+    if rate not in seen:
+        seen[rate] = run_policies(setup, [policy], rate, progress)[policy]
+    return seen[rate].sla_attainment < MISS_ATTAINMENT
 
 
 def sweep(
