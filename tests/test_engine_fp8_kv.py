@@ -41,18 +41,20 @@ def test_fp8_pool_matches_hf_with_rounded_cache(tiny_models: dict[str, Path], ar
     model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=torch.float32).eval()
     prompts = make_prompts(model.config.vocab_size)
     expected = [hf_fp8_greedy(model, p) for p in prompts]
-    opts = EngineOptions(dtype="float32", max_model_len=256, kv_cache_dtype="fp8",
-                         max_num_batched_tokens=40)  # fmt: skip
+    # A fixed pool: sized from free memory on a GPU, the second engine would get what the first
+    # left (too few slots for one batch of every prompt).
+    base = dict(dtype="float32", max_model_len=256, num_kv_slots=4096)
+    opts = EngineOptions(**base, kv_cache_dtype="fp8", max_num_batched_tokens=40)
     core = create_engine_core(tiny_models[arch], opts, progress=False)
     assert all(k.dtype == torch.float8_e4m3fn for k in core.runner.k_caches)
 
     # Logits of the prompts' last positions, all in one (chunk-free) batch.
-    wide = create_engine_core(tiny_models[arch], EngineOptions(
-        dtype="float32", max_model_len=256, kv_cache_dtype="fp8"), progress=False)  # fmt: skip
+    wide = create_engine_core(tiny_models[arch], EngineOptions(**base, kv_cache_dtype="fp8"),
+                              progress=False)  # fmt: skip
     for i, p in enumerate(prompts):
         wide.add(wide.make_request(str(i), p, SamplingParams(temperature=0, max_tokens=1)))
     batch = wide.scheduler.schedule()
-    assert batch is not None
+    assert batch is not None and len(batch.sample_indices) == len(prompts)
     logits = wide.runner.execute(batch, keep_logits=True).logits
     torch.testing.assert_close(logits, torch.stack([e[1] for e in expected]), atol=1e-4, rtol=0)
 
@@ -62,12 +64,11 @@ def test_fp8_pool_matches_hf_with_rounded_cache(tiny_models: dict[str, Path], ar
     assert [r.output_token_ids for r in reqs] == [e[0] for e in expected]
 
     # The rounding matters: an fp32 pool gives other logits (so the oracle is not vacuous).
-    plain = create_engine_core(tiny_models[arch], EngineOptions(
-        dtype="float32", max_model_len=256), progress=False)  # fmt: skip
+    plain = create_engine_core(tiny_models[arch], EngineOptions(**base), progress=False)
     for i, p in enumerate(prompts):
         plain.add(plain.make_request(str(i), p, SamplingParams(temperature=0, max_tokens=1)))
     batch = plain.scheduler.schedule()
-    assert batch is not None
+    assert batch is not None and len(batch.sample_indices) == len(prompts)
     plain_logits = plain.runner.execute(batch, keep_logits=True).logits
     assert (plain_logits - logits).abs().max() > 1e-3
 
