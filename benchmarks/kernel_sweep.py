@@ -7,6 +7,7 @@ fraction of the ceilings measured in the same run. Used to set the launchers' he
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,13 @@ import torch
 
 import raylight.kernels.prefill_attention as prefill_mod
 from raylight.benchmarks.gpu_bench_device import median_ms
-from raylight.kernels.decode_attention import choose_num_splits, decode_attention, num_sms
+from raylight.kernels.decode_attention import (
+    DecodeTiles,
+    choose_num_splits,
+    choose_tiles,
+    decode_attention,
+    num_sms,
+)
 
 HEADS, KV_HEADS, D = 32, 8, 128  # Llama-3.1-8B attention
 
@@ -58,26 +65,45 @@ def prefill_sweep(t: int, gemm: float) -> list[dict]:
     return rows
 
 
-def decode_sweep(batch: int, ctx: int, copy: float) -> list[dict]:
+TILE_VARIANTS = [(64, 4, 3), (64, 4, 2), (64, 4, 4), (64, 8, 3), (32, 4, 3), (128, 8, 3),
+                 (128, 8, 2), (128, 4, 2)]  # (block_n, num_warps, num_stages)  # fmt: skip
+
+
+def decode_sweep(batch: int, ctx: int, copy: float, kv_dtype: torch.dtype) -> list[dict]:
+    """Split counts with the default tiles, then every tile variant at the chosen split count.
+    Slots are a random permutation of the pool (the engine's worst case)."""
     dev, dtype = "cuda", torch.bfloat16
     slots = batch * ctx + 1
-    k = torch.randn(slots, KV_HEADS, D, device=dev, dtype=dtype)
-    v = torch.randn_like(k)
+    k = torch.randn(slots, KV_HEADS, D, device=dev, dtype=dtype).to(kv_dtype)
+    v = torch.randn_like(k, dtype=dtype).to(kv_dtype)
     r2t = (torch.randperm(slots - 1, device=dev) + 1).int().view(batch, ctx)
     rows_t = torch.arange(batch, device=dev)
     lens = torch.full((batch,), ctx, device=dev)
     q = torch.randn(batch, HEADS, D, device=dev, dtype=dtype)
     kv_bytes = 2 * k.numel() * k.element_size()
     chosen = choose_num_splits(batch, KV_HEADS, ctx, num_sms(q.device))
+    default = choose_tiles(kv_dtype)
+    runs = [
+        (s, default) for s in sorted({1, 2, 4, 8, 16, 32, 64, chosen}) if s <= max(1, ctx // 64)
+    ]
+    for bn, warps, stages in TILE_VARIANTS:
+        for fp16 in (False, True) if k.element_size() == 1 else (False,):
+            t = DecodeTiles(bn, warps, stages, fp16)
+            if t != default:
+                runs.append((chosen, t))
     out = []
-    for splits in sorted({1, 2, 4, 8, 16, 32, 64, chosen}):
-        if splits > max(1, ctx // 64):
-            continue
-        ms = median_ms(lambda s=splits: decode_attention(q, k, v, r2t, rows_t, lens, ctx, 0.08,
-                                                       num_splits=s))  # fmt: skip
-        out.append({"batch": batch, "ctx": ctx, "splits": splits, "chosen": splits == chosen,
-                    "ms": ms, "bw_frac": kv_bytes / (ms / 1e3) / copy})  # fmt: skip
-        print(out[-1], flush=True)
+    for splits, t in runs:
+        row = {"batch": batch, "ctx": ctx, "kv_dtype": str(kv_dtype).split(".")[-1],
+               "splits": splits, "chosen": splits == chosen, "tiles": dataclasses.asdict(t),
+               "default_tiles": t == default}  # fmt: skip
+        try:
+            row["ms"] = median_ms(lambda s=splits, t=t: decode_attention(
+                q, k, v, r2t, rows_t, lens, ctx, 0.08, num_splits=s, tiles=t))  # fmt: skip
+            row["bw_frac"] = kv_bytes / (row["ms"] / 1e3) / copy
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile
+            row["error"] = repr(exc)[:200]
+        out.append(row)
+        print(row, flush=True)
     return out
 
 
@@ -91,10 +117,9 @@ def main(argv: list[str] | None = None) -> int:
               "decode": [], "command": " ".join(sys.argv)}  # fmt: skip
     for t in (4096, 16384):
         result["prefill"] += prefill_sweep(t, ceil["gemm_flops_per_s"])
-    for batch in (1, 64, 256):
-        for ctx in (1024, 4096, 16384):
-            if batch * ctx <= 256 * 4096:
-                result["decode"] += decode_sweep(batch, ctx, ceil["copy_bytes_per_s"])
+    for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        for batch, ctx in ((1, 1024), (1, 16384), (64, 4096), (256, 1024), (256, 4096)):
+            result["decode"] += decode_sweep(batch, ctx, ceil["copy_bytes_per_s"], kv_dtype)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -9,6 +9,7 @@ from raylight.benchmarks.gpu_bench_device import median_ms
 from raylight.engine.attention.backend import AttentionMetadata
 from raylight.engine.attention.torch_backend import TorchAttentionBackend
 from raylight.kernels.decode_attention import (
+    DecodeTiles,
     choose_num_splits,
     decode_attention,
     decode_attention_ref,
@@ -179,3 +180,24 @@ def test_fp8_pool_matches_reference(dtype: torch.dtype, num_splits: int) -> None
     want = decode_attention_ref(q, k_cache, v_cache, r2t, rows, lens, d**-0.5)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
+
+
+@pytest.mark.parametrize(
+    "tiles",
+    [DecodeTiles(block_n=128, num_warps=8, num_stages=2), DecodeTiles(fp16_dot=True),
+     DecodeTiles(block_n=32, num_stages=4, fp16_dot=True)],
+)  # fmt: skip
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_launch_settings_match_reference(tiles: DecodeTiles, kv_dtype: torch.dtype) -> None:
+    """Every stage-1 variant kernel_sweep.py times gives the reference's output (fp16_dot only
+    changes FP8 pools)."""
+    kv_lens, heads, kv_heads = [1, 70, 200], 8, 2
+    d = 64
+    k_cache, v_cache, r2t, rows = make_pool(kv_lens, kv_heads, d, kv_dtype, seed=5)
+    q = torch.randn(len(kv_lens), heads, d, generator=torch.Generator().manual_seed(5)).bfloat16()
+    lens = torch.tensor(kv_lens)
+    got = decode_attention(q, k_cache, v_cache, r2t, rows, lens, max(kv_lens), d**-0.5,
+                           num_splits=2, tiles=tiles)  # fmt: skip
+    want = decode_attention_ref(q, k_cache, v_cache, r2t, rows, lens, d**-0.5)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)

@@ -51,6 +51,8 @@ def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: i
 
 
 def _compile_all() -> list[dict]:
+    import torch
+
     from raylight.kernels import (
         activation,
         decode_attention,
@@ -70,11 +72,18 @@ def _compile_all() -> list[dict]:
 
     long_prefill = {**prefill(16384), "name": "_prefill_kernel_long"}
     fp8_prefill = {**prefill(4096, FP8_POOLS), "name": "_prefill_kernel_fp8"}
-    stage1 = dict(BLOCK_G=16, BLOCK_N=64, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
-                  PRECISION="tf32", NUM_STAGES=3)  # fmt: skip
+
+    def stage1_consts(kv_dtype: torch.dtype) -> tuple[dict, int, int]:
+        t = decode_attention.choose_tiles(kv_dtype)
+        consts = dict(BLOCK_G=16, BLOCK_N=t.block_n, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
+                      DOT_FP16=t.fp16_dot, PRECISION="tf32",
+                      NUM_STAGES=t.num_stages)  # fmt: skip
+        return consts, t.num_warps, t.num_stages
+
     mid = {"mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
     fp8_stage1 = {**_compile(decode_attention._decode_stage1, {**IDX, **mid, **FP8_POOLS},
-                             stage1, 4, 3), "name": "_decode_stage1_fp8"}  # fmt: skip
+                             *stage1_consts(torch.float8_e4m3fn)),
+                  "name": "_decode_stage1_fp8"}  # fmt: skip
     fp8_store = {**_compile(kv_store._kv_store_kernel, {"slots_ptr": "*i64", **FP8_CACHES},
                             dict(BLOCK_H=8, BLOCK_D=128, TO_FP8=True), 4, 1),
                  "name": "_kv_store_kernel_fp8"}  # fmt: skip
@@ -84,7 +93,8 @@ def _compile_all() -> list[dict]:
         fp8_prefill,
         fp8_stage1,
         fp8_store,
-        _compile(decode_attention._decode_stage1, {**IDX, **mid}, stage1, 4, 3),
+        _compile(decode_attention._decode_stage1, {**IDX, **mid},
+                 *stage1_consts(torch.bfloat16)),  # fmt: skip
         _compile(decode_attention._decode_stage2, mid, dict(BLOCK_S=8, BLOCK_D=128), 4, 1),
         _compile(rmsnorm._rmsnorm_kernel, {}, dict(HAS_RESIDUAL=True, BLOCK=8192), 16, 1),
         _compile(
