@@ -248,7 +248,7 @@ def test_two_thousand_tokens_one_at_a_time_is_linear_and_fast(toks) -> None:
     # O(n): two decodes per token, of windows that stay short.
     assert len(counting.window_lens) <= 2 * len(ids) and max(counting.window_lens) <= 8
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):  # best of 5: the CI machine's two cores may be busy
         detok = IncrementalDetokenizer(tok, [], DetokenizeParams(stop=("STOP", "lazy cat")))
         start = time.perf_counter()
         for i in ids:
@@ -256,7 +256,8 @@ def test_two_thousand_tokens_one_at_a_time_is_linear_and_fast(toks) -> None:
         detok.finish()
         best = min(best, time.perf_counter() - start)
     print(f"2000 tokens one at a time: {best * 1e3:.1f} ms")
-    assert best < 0.05
+    # ~25 ms here; re-decoding the whole text per token (O(n^2)) takes seconds.
+    assert best < 0.1
 
 
 @settings(max_examples=300, deadline=None)
