@@ -87,8 +87,9 @@ def decode_sweep(batch: int, ctx: int, copy: float, kv_dtype: torch.dtype) -> li
         (s, default) for s in sorted({1, 2, 4, 8, 16, 32, 64, chosen}) if s <= max(1, ctx // 64)
     ]
     for bn, warps, stages in TILE_VARIANTS:
-        for fp16 in (False, True) if k.element_size() == 1 else (False,):
-            t = DecodeTiles(bn, warps, stages, fp16)
+        fp8_options = [(False, False), (True, False), (True, True)]  # (fp16_dot, fp8_v_pairs)
+        for fp16, pairs in fp8_options if k.element_size() == 1 else [(False, False)]:
+            t = DecodeTiles(bn, warps, stages, fp16, pairs)
             if t != default:
                 runs.append((chosen, t))
     out = []

@@ -33,13 +33,21 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _e4m3_to_fp16_over_256(bits):
+    """The e4m3 byte in the low 8 bits of `bits` (uint16) -> fp16 holding its value / 256,
+    exactly: e4m3's 4 exponent and 3 mantissa bits land in fp16's low exponent and high mantissa
+    bits (exponent bias 7 -> 15 is the factor 2^-8; subnormals map to subnormals)."""
+    return (((bits & 0x80) << 8) | ((bits & 0x7F) << 7)).to(tl.float16, bitcast=True)
+
+
+@triton.jit
 def _decode_stage1(
     q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, lens_ptr, mid_o_ptr, mid_lse_ptr,
     stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t,
     qk_scale, group, head_dim, num_splits,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
-    DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr, PRECISION: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr, V_PAIRS: tl.constexpr,
+    PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -65,7 +73,13 @@ def _decode_stage1(
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    HALF: tl.constexpr = BLOCK_D // 2
+    j = tl.arange(0, HALF)  # V_PAIRS: v_ptr is int16, element j holds head dims 2j and 2j + 1
+    if V_PAIRS:
+        acc_even = tl.zeros([BLOCK_G, HALF], tl.float32)  # head dims 2j
+        acc_odd = tl.zeros([BLOCK_G, HALF], tl.float32)  # head dims 2j + 1
+    else:
+        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     n = tl.arange(0, BLOCK_N)
     for pos0 in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
         pos = pos0 + n
@@ -78,10 +92,7 @@ def _decode_stage1(
             kv_mask = pos_ok[:, None] & (d[None, :] < head_dim)
         k = tl.load(k_ptr + slot[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
                     mask=kv_mask, other=0.0)  # fmt: skip
-        v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
-                    mask=kv_mask, other=0.0)  # fmt: skip
         k = k.to(q.dtype)  # from an FP8 pool; a no-op when the pool has q's dtype
-        v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
         # scale * log2(e) is folded into qk_scale, so the softmax uses exp2.
         s = tl.where(pos_ok[None, :], s, float("-inf"))
@@ -89,15 +100,30 @@ def _decode_stage1(
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        v_rows = v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh
+        if V_PAIRS:  # see DecodeTiles.fp8_v_pairs
+            pairs = tl.load(v_rows + j[None, :], mask=pos_ok[:, None], other=0)
+            pairs = pairs.to(tl.uint16, bitcast=True)  # [BLOCK_N, HALF]
+            p16 = p.to(tl.float16)
+            acc_even = acc_even * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs))
+            acc_odd = acc_odd * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs >> 8))
+        else:
+            v = tl.load(v_rows + d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
     # An empty split keeps m = -inf and l = 0: its lse is -inf and stage 2 gives it weight 0.
     lse = tl.where(l_i > 0, m_i + tl.log2(tl.maximum(l_i, 1e-30)), float("-inf"))
-    out = acc / tl.maximum(l_i, 1e-30)[:, None]
     mid = (b * group * tl.num_programs(1) + heads) * num_splits + split  # [BLOCK_G]
     tl.store(mid_lse_ptr + mid, lse, mask=head_ok)
-    tl.store(mid_o_ptr + mid[:, None] * BLOCK_D + d[None, :], out, mask=head_ok[:, None])
+    mid_rows = mid_o_ptr + mid[:, None] * BLOCK_D
+    if V_PAIRS:
+        inv = 256.0 / tl.maximum(l_i, 1e-30)[:, None]  # 256: the V tiles held values / 256
+        tl.store(mid_rows + 2 * j[None, :], acc_even * inv, mask=head_ok[:, None])
+        tl.store(mid_rows + 2 * j[None, :] + 1, acc_odd * inv, mask=head_ok[:, None])
+    else:
+        out = acc / tl.maximum(l_i, 1e-30)[:, None]
+        tl.store(mid_rows + d[None, :], out, mask=head_ok[:, None])
 
 
 @triton.jit
@@ -125,12 +151,17 @@ def _decode_stage2(
 class DecodeTiles:
     """Launch settings of stage 1. fp16_dot (FP8 pools, 16-bit q only): K/V convert to fp16
     (exact for e4m3, one instruction per pair) and q to fp16 (exact for |q| < 65504) instead
-    of to q's dtype; the e4m3 -> bf16 conversion costs several instructions per element."""
+    of to q's dtype; the e4m3 -> bf16 conversion costs several instructions per element.
+    fp8_v_pairs (with fp16_dot, power-of-two head_dim >= 32): V is read as int16 pairs of
+    adjacent head dims and split into even / odd fp16 tiles by bit operations, two dots, instead
+    of Triton's byte-wise shared-memory reads of the FP8 V tile for the transposed operand of
+    p @ V (64 LDS.U8 per thread and tile in the sm_90 build)."""
 
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 3
     fp16_dot: bool = False
+    fp8_v_pairs: bool = False
 
 
 def choose_tiles(kv_dtype: torch.dtype) -> DecodeTiles:
@@ -138,7 +169,8 @@ def choose_tiles(kv_dtype: torch.dtype) -> DecodeTiles:
     bf16 pools keep 64-position tiles, 4 warps, 3 stages (within noise of the best of 16 at
     batch 64-256). FP8 pools: the same tiles with fp16 dots, 256 x 4k in 0.93 ms vs 1.16 ms
     converting to bf16 (bf16 pool: 1.10 ms); the FP8 path stays bound by the conversions, at
-    about 55% of the copy bandwidth for its bytes."""
+    about 55% of the copy bandwidth for its bytes. fp8_v_pairs is not timed yet (its sm_90
+    build: 92 registers instead of 145, no byte-wise shared loads): kernel_sweep.py sweeps it."""
     if kv_dtype.itemsize == 1:
         return DecodeTiles(fp16_dot=True)
     return DecodeTiles()
@@ -190,18 +222,20 @@ def decode_attention(
     if tiles is None:
         tiles = choose_tiles(k_cache.dtype)
     fp16_dot = tiles.fp16_dot and k_cache.element_size() == 1 and q.element_size() == 2
+    v_pairs = tiles.fp8_v_pairs and fp16_dot and head_dim >= 32 and head_dim & (head_dim - 1) == 0
+    v_arg = v_cache.view(torch.int16) if v_pairs else v_cache  # strides in pairs of elements
     block_d = max(16, triton.next_power_of_2(head_dim))
     block_g = max(16, triton.next_power_of_2(num_heads // kv_heads))
     mid_o = torch.empty((batch, num_heads, num_splits, block_d), dtype=torch.float32,
                         device=q.device)  # fmt: skip
     mid_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
     _decode_stage1[(batch, kv_heads, num_splits)](
-        q, k_cache, v_cache, req_to_token, req_rows, seq_lens_kv, mid_o, mid_lse,
+        q, k_cache, v_arg, req_to_token, req_rows, seq_lens_kv, mid_o, mid_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-        v_cache.stride(0), v_cache.stride(1), req_to_token.stride(0),
+        v_arg.stride(0), v_arg.stride(1), req_to_token.stride(0),
         scale * LOG2E, num_heads // kv_heads, head_dim, num_splits,
         BLOCK_G=block_g, BLOCK_N=tiles.block_n, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
-        DOT_FP32=interp and not fp16_dot, DOT_FP16=fp16_dot,
+        DOT_FP32=interp and not fp16_dot, DOT_FP16=fp16_dot, V_PAIRS=v_pairs,
         PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
         NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps,
     )  # fmt: skip

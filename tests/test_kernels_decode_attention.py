@@ -185,7 +185,9 @@ def test_fp8_pool_matches_reference(dtype: torch.dtype, num_splits: int) -> None
 @pytest.mark.parametrize(
     "tiles",
     [DecodeTiles(block_n=128, num_warps=8, num_stages=2), DecodeTiles(fp16_dot=True),
-     DecodeTiles(block_n=32, num_stages=4, fp16_dot=True)],
+     DecodeTiles(block_n=32, num_stages=4, fp16_dot=True),
+     DecodeTiles(fp16_dot=True, fp8_v_pairs=True),
+     DecodeTiles(block_n=32, num_warps=8, fp16_dot=True, fp8_v_pairs=True)],
 )  # fmt: skip
 @pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn])
 def test_launch_settings_match_reference(tiles: DecodeTiles, kv_dtype: torch.dtype) -> None:
@@ -201,3 +203,23 @@ def test_launch_settings_match_reference(tiles: DecodeTiles, kv_dtype: torch.dty
     want = decode_attention_ref(q, k_cache, v_cache, r2t, rows, lens, d**-0.5)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
+def test_fp8_v_pairs_read_every_e4m3_value_exactly() -> None:
+    """One position per request: the output is that position's V, so every finite e4m3 value
+    (subnormals and signs included) must come back exactly through the int16-pair split."""
+    every = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    finite = every[torch.isfinite(every.float())]  # 254 values (0x7F and 0xFF are NaN)
+    d, kv_heads, heads = 32, 1, 2
+    batch = -(-len(finite) // d)
+    v = torch.zeros(batch * d, dtype=torch.float8_e4m3fn)
+    v[: len(finite)] = finite
+    v_cache = torch.cat([torch.zeros(1, kv_heads, d, dtype=v.dtype), v.view(batch, kv_heads, d)])
+    k_cache = torch.zeros_like(v_cache)
+    r2t = torch.arange(1, batch + 1, dtype=torch.int32)[:, None]
+    rows, lens = torch.arange(batch), torch.ones(batch, dtype=torch.int64)
+    q = torch.randn(batch, heads, d).bfloat16()
+    got = decode_attention(q, k_cache, v_cache, r2t, rows, lens, 1, 0.1, num_splits=1,
+                           tiles=DecodeTiles(fp16_dot=True, fp8_v_pairs=True))  # fmt: skip
+    want = v_cache[1:].float().expand(batch, heads, d)
+    assert torch.equal(got.float(), want)

@@ -41,12 +41,14 @@ def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: i
     cubin.write_bytes(kernel.asm["cubin"])
     tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
     usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True)
+    sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True).stdout
     ptx = kernel.asm["ptx"]
     return {
         "name": fn.fn.__name__,
         "usage": [line.strip() for line in usage.stdout.splitlines() if "REG:" in line],
         "wgmma": "wgmma" in ptx,
         "cp_async": "cp.async" in ptx,
+        "byte_smem_loads": sass.count("LDS.U8"),
     }
 
 
@@ -73,17 +75,22 @@ def _compile_all() -> list[dict]:
     long_prefill = {**prefill(16384), "name": "_prefill_kernel_long"}
     fp8_prefill = {**prefill(4096, FP8_POOLS), "name": "_prefill_kernel_fp8"}
 
-    def stage1_consts(kv_dtype: torch.dtype) -> tuple[dict, int, int]:
-        t = decode_attention.choose_tiles(kv_dtype)
+    def stage1_consts(t: decode_attention.DecodeTiles) -> tuple[dict, int, int]:
         consts = dict(BLOCK_G=16, BLOCK_N=t.block_n, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
-                      DOT_FP16=t.fp16_dot, PRECISION="tf32",
+                      DOT_FP16=t.fp16_dot, V_PAIRS=t.fp8_v_pairs, PRECISION="tf32",
                       NUM_STAGES=t.num_stages)  # fmt: skip
         return consts, t.num_warps, t.num_stages
 
+    fp8_tiles = decode_attention.choose_tiles(torch.float8_e4m3fn)
+    pairs_tiles = decode_attention.DecodeTiles(fp16_dot=True, fp8_v_pairs=True)
+
     mid = {"mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
     fp8_stage1 = {**_compile(decode_attention._decode_stage1, {**IDX, **mid, **FP8_POOLS},
-                             *stage1_consts(torch.float8_e4m3fn)),
-                  "name": "_decode_stage1_fp8"}  # fmt: skip
+                             *stage1_consts(fp8_tiles)), "name": "_decode_stage1_fp8"}  # fmt: skip
+    pairs_stage1 = {**_compile(decode_attention._decode_stage1,
+                               {**IDX, **mid, **FP8_POOLS, "v_ptr": "*i16"},
+                               *stage1_consts(pairs_tiles)),
+                    "name": "_decode_stage1_fp8_v_pairs"}  # fmt: skip
     fp8_store = {**_compile(kv_store._kv_store_kernel, {"slots_ptr": "*i64", **FP8_CACHES},
                             dict(BLOCK_H=8, BLOCK_D=128, TO_FP8=True), 4, 1),
                  "name": "_kv_store_kernel_fp8"}  # fmt: skip
@@ -92,9 +99,10 @@ def _compile_all() -> list[dict]:
         long_prefill,
         fp8_prefill,
         fp8_stage1,
+        pairs_stage1,
         fp8_store,
         _compile(decode_attention._decode_stage1, {**IDX, **mid},
-                 *stage1_consts(torch.bfloat16)),  # fmt: skip
+                 *stage1_consts(decode_attention.choose_tiles(torch.bfloat16))),  # fmt: skip
         _compile(decode_attention._decode_stage2, mid, dict(BLOCK_S=8, BLOCK_D=128), 4, 1),
         _compile(rmsnorm._rmsnorm_kernel, {}, dict(HAS_RESIDUAL=True, BLOCK=8192), 16, 1),
         _compile(
@@ -123,7 +131,7 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 12
+    assert len(results) == 13
     # The 16k-token prefill tiles (128 x 64, 4 warps) spill a little but measured faster on an
     # H100 than the spill-free 128 x 128 / 8 warps (50% vs 47% of the GEMM rate): bound it.
     long = results.pop("_prefill_kernel_long")
@@ -136,6 +144,10 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     # FP8 pools: the same pipelining (K/V tiles of one byte per element, converted in registers).
     assert results["_prefill_kernel_fp8"]["wgmma"] and results["_prefill_kernel_fp8"]["cp_async"]
     assert results["_decode_stage1_fp8"]["cp_async"]
+    # V read as int16 pairs: wide cp.async copies and ldmatrix, no byte-wise shared loads (the
+    # plain FP8 build reads the transposed V operand one byte per load).
+    pairs = results["_decode_stage1_fp8_v_pairs"]
+    assert pairs["cp_async"] and pairs["byte_smem_loads"] == 0, pairs
 
 
 if __name__ == "__main__":
