@@ -52,7 +52,7 @@ def _attend_tiles(
         else:
             k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
             v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-        k = k.to(q.dtype)  # fp32 when interpreting; from an FP8 pool; else a no-op
+        k = k.to(q.dtype)  # fp32 when interpreting; from an FP8 pool (to fp16); else a no-op
         v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
         if MASKED:
@@ -73,7 +73,7 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh,
     stride_r2t, qk_scale, group, head_dim,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     head = tl.program_id(0)
     m_block = tl.num_programs(1) - 1 - tl.program_id(1)  # long causal rows start first
@@ -93,6 +93,8 @@ def _prefill_kernel(
                 mask=q_mask, other=0.0)  # fmt: skip
     if DOT_FP32:
         q = q.to(tl.float32)
+    elif DOT_FP16:  # an FP8 pool: K/V convert to fp16 exactly, in one instruction per pair
+        q = q.to(tl.float16)
     q_pos = prefix + m
 
     kv_head = head // group
@@ -171,6 +173,9 @@ def prefill_attention(
         block_m, block_n = blocks
     heads, kv_heads = q.shape[1], k_cache.shape[1]
     block_d = max(16, triton.next_power_of_2(head_dim))
+    # FP8 pools with a 16-bit q: fp16 dots (e4m3 -> fp16 is exact and cheaper than -> bf16;
+    # q's bf16 -> fp16 is exact below 65504), as decode_attention's fp16_dot.
+    fp16_dot = k_cache.element_size() == 1 and q.element_size() == 2
     grid = (heads, triton.cdiv(max_q_len, block_m), batch)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, req_to_token, req_rows, cu_seqlens_q, seq_lens_kv,
@@ -178,7 +183,8 @@ def prefill_attention(
         v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
         req_to_token.stride(0), scale * LOG2E, heads // kv_heads, head_dim,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
-        DOT_FP32=interp, PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
+        DOT_FP32=interp and not fp16_dot, DOT_FP16=fp16_dot,
+        PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

@@ -150,7 +150,8 @@ def test_gpu_throughput_16k() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fp8_pool_matches_reference(dtype: torch.dtype) -> None:
-    """K/V read from an FP8 (e4m3) pool and converted to q's dtype in the kernel."""
+    """K/V read from an FP8 (e4m3) pool, converted in the kernel: to fp32 with an fp32 q, to
+    fp16 (with q) for fp16 dots with a bf16 q."""
     batch = make_batch(REQS, 4, 2, 64, dtype, seed=9)
     batch["k_cache"] = batch["k_cache"].float().to(torch.float8_e4m3fn)
     batch["v_cache"] = batch["v_cache"].float().to(torch.float8_e4m3fn)

@@ -68,7 +68,7 @@ def _compile_all() -> list[dict]:
     def prefill(max_q_len: int, pools: dict | None = None) -> dict:
         bm, bn, warps, stages = prefill_attention.choose_blocks(128, max_q_len, interp=False)
         consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
-                      PRECISION="tf32")  # fmt: skip
+                      DOT_FP16=pools is not None, PRECISION="tf32")  # fmt: skip
         return _compile(prefill_attention._prefill_kernel, {**IDX, **(pools or {})}, consts,
                         warps, stages)  # fmt: skip
 
