@@ -73,11 +73,10 @@ def _decode_stage1(
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
-    HALF: tl.constexpr = BLOCK_D // 2
-    j = tl.arange(0, HALF)  # V_PAIRS: v_ptr is int16, element j holds head dims 2j and 2j + 1
-    if V_PAIRS:
-        acc_even = tl.zeros([BLOCK_G, HALF], tl.float32)  # head dims 2j
-        acc_odd = tl.zeros([BLOCK_G, HALF], tl.float32)  # head dims 2j + 1
+    if V_PAIRS:  # v_ptr is int16: element j holds head dims 2j and 2j + 1
+        j = tl.arange(0, BLOCK_D // 2)
+        acc_even = tl.zeros([BLOCK_G, BLOCK_D // 2], tl.float32)  # head dims 2j
+        acc_odd = tl.zeros([BLOCK_G, BLOCK_D // 2], tl.float32)  # head dims 2j + 1
     else:
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     n = tl.arange(0, BLOCK_N)
@@ -92,6 +91,9 @@ def _decode_stage1(
             kv_mask = pos_ok[:, None] & (d[None, :] < head_dim)
         k = tl.load(k_ptr + slot[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
                     mask=kv_mask, other=0.0)  # fmt: skip
+        if not V_PAIRS:  # (the pairs path loads V after the softmax, below)
+            v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
+                        mask=kv_mask, other=0.0).to(q.dtype)  # fmt: skip
         k = k.to(q.dtype)  # from an FP8 pool; a no-op when the pool has q's dtype
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
         # scale * log2(e) is folded into qk_scale, so the softmax uses exp2.
@@ -100,15 +102,14 @@ def _decode_stage1(
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v_rows = v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh
         if V_PAIRS:  # see DecodeTiles.fp8_v_pairs
+            v_rows = v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh
             pairs = tl.load(v_rows + j[None, :], mask=pos_ok[:, None], other=0)
             pairs = pairs.to(tl.uint16, bitcast=True)  # [BLOCK_N, HALF]
             p16 = p.to(tl.float16)
             acc_even = acc_even * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs))
             acc_odd = acc_odd * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs >> 8))
         else:
-            v = tl.load(v_rows + d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
@@ -116,14 +117,14 @@ def _decode_stage1(
     lse = tl.where(l_i > 0, m_i + tl.log2(tl.maximum(l_i, 1e-30)), float("-inf"))
     mid = (b * group * tl.num_programs(1) + heads) * num_splits + split  # [BLOCK_G]
     tl.store(mid_lse_ptr + mid, lse, mask=head_ok)
-    mid_rows = mid_o_ptr + mid[:, None] * BLOCK_D
     if V_PAIRS:
         inv = 256.0 / tl.maximum(l_i, 1e-30)[:, None]  # 256: the V tiles held values / 256
-        tl.store(mid_rows + 2 * j[None, :], acc_even * inv, mask=head_ok[:, None])
-        tl.store(mid_rows + 2 * j[None, :] + 1, acc_odd * inv, mask=head_ok[:, None])
+        even = mid_o_ptr + mid[:, None] * BLOCK_D + 2 * j[None, :]
+        tl.store(even, acc_even * inv, mask=head_ok[:, None])
+        tl.store(even + 1, acc_odd * inv, mask=head_ok[:, None])
     else:
         out = acc / tl.maximum(l_i, 1e-30)[:, None]
-        tl.store(mid_rows + d[None, :], out, mask=head_ok[:, None])
+        tl.store(mid_o_ptr + mid[:, None] * BLOCK_D + d[None, :], out, mask=head_ok[:, None])
 
 
 @triton.jit
