@@ -86,9 +86,11 @@ def decode_sweep(batch: int, ctx: int, copy: float, kv_dtype: torch.dtype) -> li
     runs = [
         (s, default) for s in sorted({1, 2, 4, 8, 16, 32, 64, chosen}) if s <= max(1, ctx // 64)
     ]
+    # (fp16_dot, fp8_v_pairs): both only change FP8 pools
+    options = [(False, False), (True, False), (True, True)] if k.element_size() == 1 else [
+        (False, False)]  # fmt: skip
     for bn, warps, stages in TILE_VARIANTS:
-        fp8_options = [(False, False), (True, False), (True, True)]  # (fp16_dot, fp8_v_pairs)
-        for fp16, pairs in fp8_options if k.element_size() == 1 else [(False, False)]:
+        for fp16, pairs in options:
             t = DecodeTiles(bn, warps, stages, fp16, pairs)
             if t != default:
                 runs.append((chosen, t))

@@ -105,7 +105,7 @@ def _decode_stage1(
         if V_PAIRS:  # see DecodeTiles.fp8_v_pairs
             v_rows = v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh
             pairs = tl.load(v_rows + j[None, :], mask=pos_ok[:, None], other=0)
-            pairs = pairs.to(tl.uint16, bitcast=True)  # [BLOCK_N, HALF]
+            pairs = pairs.to(tl.uint16, bitcast=True)  # [BLOCK_N, BLOCK_D // 2]
             p16 = p.to(tl.float16)
             acc_even = acc_even * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs))
             acc_odd = acc_odd * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs >> 8))
@@ -156,7 +156,7 @@ class DecodeTiles:
     fp8_v_pairs (with fp16_dot, power-of-two head_dim >= 32): V is read as int16 pairs of
     adjacent head dims and split into even / odd fp16 tiles by bit operations, two dots, instead
     of Triton's byte-wise shared-memory reads of the FP8 V tile for the transposed operand of
-    p @ V (64 LDS.U8 per thread and tile in the sm_90 build)."""
+    p @ V (64 LDS.U8 per thread and tile in the sm_90 build with Triton 3.9)."""
 
     block_n: int = 64
     num_warps: int = 4
@@ -171,7 +171,8 @@ def choose_tiles(kv_dtype: torch.dtype) -> DecodeTiles:
     batch 64-256). FP8 pools: the same tiles with fp16 dots, 256 x 4k in 0.93 ms vs 1.16 ms
     converting to bf16 (bf16 pool: 1.10 ms); the FP8 path stays bound by the conversions, at
     about 55% of the copy bandwidth for its bytes. fp8_v_pairs is not timed yet (its sm_90
-    build: 92 registers instead of 145, no byte-wise shared loads): kernel_sweep.py sweeps it."""
+    build with Triton 3.9: 92 registers instead of 168, no byte-wise shared loads):
+    kernel_sweep.py sweeps it."""
     if kv_dtype.itemsize == 1:
         return DecodeTiles(fp16_dot=True)
     return DecodeTiles()
