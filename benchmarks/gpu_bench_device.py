@@ -14,6 +14,10 @@ from collections.abc import Callable
 import torch
 
 L2_FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100/H200: 50 MB)
+# A GPU-side spin queued before each timed call's start event (about 1 ms at 2 GHz): the host
+# enqueues the call's kernels while the GPU spins, so the sample is GPU time only, not the
+# Python launch overhead of a wrapper whose kernels are shorter than its host code.
+HOST_LEAD_CYCLES = 2_000_000
 
 
 def sync(device: torch.device) -> None:
@@ -32,6 +36,8 @@ def time_ms(
     fn: Callable[[], object], device: torch.device, warmup: int, iters: int, flush: bool = False
 ) -> list[float]:
     """Milliseconds per call, one sample per call: CUDA events on a GPU, perf_counter on CPU.
+    On a GPU each call's start event waits behind a spin kernel (HOST_LEAD_CYCLES), so a sample
+    is the GPU time of the call's kernels even where launching them takes longer on the host.
     With `flush`, a 256 MiB buffer is overwritten before each call (outside the timing) so that
     small working sets are read from memory, not from L2 (GPU only)."""
     flush = flush and device.type == "cuda"
@@ -45,6 +51,7 @@ def time_ms(
             scratch.fill_(1)
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(HOST_LEAD_CYCLES)
             start.record()
             fn()
             end.record()

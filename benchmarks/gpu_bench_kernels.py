@@ -2,7 +2,8 @@
 
 K/V live in one pool of randomly scattered slots, as in the engine: each request's ReqToToken row
 points at a random permutation of pool slots. Timings are medians of CUDA-event samples with L2
-flushed before each call.
+flushed before each call and the kernels enqueued before the GPU reaches the start event (see
+gpu_bench_device.time_ms), so they are GPU time, as in the engine's CUDA graphs.
 """
 
 from __future__ import annotations

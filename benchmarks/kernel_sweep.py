@@ -2,6 +2,8 @@
 fraction of the ceilings measured in the same run. Used to set the launchers' heuristics.
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.kernel_sweep [--out FILE]
+        [--sections prefill,decode] [--kv-dtypes bfloat16,float8_e4m3fn]
+        [--decode-cases 64x4096,256x4096]
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def prefill_sweep(t: int, gemm: float) -> list[dict]:
 
 
 TILE_VARIANTS = [(64, 4, 3), (64, 4, 2), (64, 4, 4), (64, 8, 3), (32, 4, 3), (128, 8, 3),
-                 (128, 8, 2), (128, 4, 2)]  # (block_n, num_warps, num_stages)  # fmt: skip
+                 (128, 8, 2), (128, 4, 2), (128, 4, 3), (256, 4, 2),
+                 (256, 8, 2)]  # (block_n, num_warps, num_stages)  # fmt: skip
 
 
 def decode_sweep(batch: int, ctx: int, copy: float, kv_dtype: torch.dtype) -> list[dict]:
@@ -113,15 +116,23 @@ def decode_sweep(batch: int, ctx: int, copy: float, kv_dtype: torch.dtype) -> li
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--sections", default="prefill,decode", help="comma list: prefill, decode")
+    p.add_argument("--kv-dtypes", default="bfloat16,float8_e4m3fn",
+                   help="comma list of torch dtype names for the decode pools")
+    p.add_argument("--decode-cases", default="1x1024,1x16384,64x4096,256x1024,256x4096",
+                   help="comma list of BATCHxCONTEXT")
     args = p.parse_args(argv)
+    sections = set(args.sections.split(","))
+    kv_dtypes = [getattr(torch, name) for name in args.kv_dtypes.split(",")]
+    cases = [tuple(int(x) for x in c.split("x")) for c in args.decode_cases.split(",")]
     ceil = ceilings()
     print(ceil, flush=True)
     result = {"device": torch.cuda.get_device_name(), "ceilings": ceil, "prefill": [],
               "decode": [], "command": " ".join(sys.argv)}  # fmt: skip
-    for t in (4096, 16384):
+    for t in (4096, 16384) if "prefill" in sections else ():
         result["prefill"] += prefill_sweep(t, ceil["gemm_flops_per_s"])
-    for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):
-        for batch, ctx in ((1, 1024), (1, 16384), (64, 4096), (256, 1024), (256, 4096)):
+    for kv_dtype in kv_dtypes if "decode" in sections else ():
+        for batch, ctx in cases:
             result["decode"] += decode_sweep(batch, ctx, ceil["copy_bytes_per_s"], kv_dtype)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -156,7 +156,8 @@ class DecodeTiles:
     fp8_v_pairs (with fp16_dot, power-of-two head_dim >= 32): V is read as int16 pairs of
     adjacent head dims and split into even / odd fp16 tiles by bit operations, two dots, instead
     of Triton's byte-wise shared-memory reads of the FP8 V tile for the transposed operand of
-    p @ V (64 LDS.U8 per thread and tile in the sm_90 build with Triton 3.9)."""
+    p @ V (64 LDS.U8 per thread and tile in the sm_90 build with Triton 3.9); the FP8 default
+    (choose_tiles)."""
 
     block_n: int = 64
     num_warps: int = 4
@@ -166,15 +167,16 @@ class DecodeTiles:
 
 
 def choose_tiles(kv_dtype: torch.dtype) -> DecodeTiles:
-    """Measured on an H200 (benchmarks/kernel_sweep.py, 32/8 heads, d 128, slots scattered):
-    bf16 pools keep 64-position tiles, 4 warps, 3 stages (within noise of the best of 16 at
-    batch 64-256). FP8 pools: the same tiles with fp16 dots, 256 x 4k in 0.93 ms vs 1.16 ms
-    converting to bf16 (bf16 pool: 1.10 ms); the FP8 path stays bound by the conversions, at
-    about 55% of the copy bandwidth for its bytes. fp8_v_pairs is not timed yet (its sm_90
-    build with Triton 3.9: 92 registers instead of 168, no byte-wise shared loads):
-    kernel_sweep.py sweeps it."""
+    """Measured on an H200 (benchmarks/kernel_sweep.py, 32/8 heads, d 128, slots scattered,
+    results/h200-2026-12-01-kernel-sweep-decode.json): bf16 pools keep 64-position tiles, 4
+    warps, 3 stages (64 x 4k in 0.252 ms, 101% of the copy bandwidth for its bytes read; within
+    1% of the best of 8 tilings at 64-256 x 1k-4k). FP8 pools: V as int16 pairs with fp16 dots,
+    128-position tiles, 4 warps, 2 stages: 64 x 4k in 0.177 ms (72% of the copy bandwidth for
+    its bytes) where byte-wise V with fp16 dots took 0.285 ms and the bf16 pool 0.252 ms;
+    256 x 4k 0.630 ms vs 0.860."""
     if kv_dtype.itemsize == 1:
-        return DecodeTiles(fp16_dot=True)
+        return DecodeTiles(block_n=128, num_warps=4, num_stages=2, fp16_dot=True,
+                           fp8_v_pairs=True)  # fmt: skip
     return DecodeTiles()
 
 

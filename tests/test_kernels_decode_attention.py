@@ -11,6 +11,7 @@ from raylight.engine.attention.torch_backend import TorchAttentionBackend
 from raylight.kernels.decode_attention import (
     DecodeTiles,
     choose_num_splits,
+    choose_tiles,
     decode_attention,
     decode_attention_ref,
 )
@@ -187,7 +188,8 @@ def test_fp8_pool_matches_reference(dtype: torch.dtype, num_splits: int) -> None
     [DecodeTiles(block_n=128, num_warps=8, num_stages=2), DecodeTiles(fp16_dot=True),
      DecodeTiles(block_n=32, num_stages=4, fp16_dot=True),
      DecodeTiles(fp16_dot=True, fp8_v_pairs=True),
-     DecodeTiles(block_n=32, num_warps=8, fp16_dot=True, fp8_v_pairs=True)],
+     DecodeTiles(block_n=32, num_warps=8, fp16_dot=True, fp8_v_pairs=True),
+     choose_tiles(torch.float8_e4m3fn)],
 )  # fmt: skip
 @pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn])
 def test_launch_settings_match_reference(tiles: DecodeTiles, kv_dtype: torch.dtype) -> None:

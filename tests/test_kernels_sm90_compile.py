@@ -81,8 +81,9 @@ def _compile_all() -> list[dict]:
                       NUM_STAGES=t.num_stages)  # fmt: skip
         return consts, t.num_warps, t.num_stages
 
-    fp8_tiles = decode_attention.choose_tiles(torch.float8_e4m3fn)
-    pairs_tiles = decode_attention.DecodeTiles(fp16_dot=True, fp8_v_pairs=True)
+    fp8_tiles = decode_attention.DecodeTiles(fp16_dot=True)  # byte-wise V, the old FP8 default
+    pairs_tiles = decode_attention.choose_tiles(torch.float8_e4m3fn)
+    assert pairs_tiles.fp8_v_pairs
 
     mid = {"mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
     fp8_stage1 = {**_compile(decode_attention._decode_stage1, {**IDX, **mid, **FP8_POOLS},
