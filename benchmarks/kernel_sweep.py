@@ -51,20 +51,26 @@ def prefill_sweep(t: int, gemm: float) -> list[dict]:
     flops = 2 * t * t * D * HEADS  # causal: half of 4 * t^2 * d per head
     original = prefill_mod.choose_blocks
     rows = []
-    for bm, bn, warps, stages in [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3),
-                                  (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
-                                  (64, 128, 4, 3), (128, 64, 8, 4)]:  # fmt: skip
+    for bm, bn, warps, stages, heads_fastest in PREFILL_VARIANTS:
         prefill_mod.choose_blocks = lambda *_a, c=(bm, bn, warps, stages): c
+        order = {} if heads_fastest else {"heads_fastest": False}  # (older launchers lack it)
+        row = {"t": t, "blocks": [bm, bn, warps, stages], "heads_fastest": heads_fastest}
         try:
-            ms = median_ms(lambda: prefill_mod.prefill_attention(q, k, v, **args))
-            rows.append({"t": t, "blocks": [bm, bn, warps, stages], "ms": ms,
-                         "flops_frac": flops / (ms / 1e3) / gemm})  # fmt: skip
+            ms = median_ms(lambda o=order: prefill_mod.prefill_attention(q, k, v, **args, **o))
+            rows.append({**row, "ms": ms, "flops_frac": flops / (ms / 1e3) / gemm})
         except Exception as exc:  # noqa: BLE001 - a config that does not compile
-            rows.append({"t": t, "blocks": [bm, bn, warps, stages], "error": repr(exc)[:200]})
+            rows.append({**row, "error": repr(exc)[:200]})
         finally:
             prefill_mod.choose_blocks = original
         print(rows[-1], flush=True)
     return rows
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, heads_fastest)
+PREFILL_VARIANTS = [(128, 128, 8, 3, True), (128, 128, 8, 2, True), (128, 64, 8, 3, True),
+                    (128, 64, 4, 3, True), (64, 64, 4, 3, True), (128, 32, 4, 3, True),
+                    (64, 128, 4, 3, True), (128, 64, 8, 4, True), (128, 64, 4, 3, False),
+                    (128, 128, 8, 3, False), (128, 64, 4, 4, True)]  # fmt: skip
 
 
 TILE_VARIANTS = [(64, 4, 3), (64, 4, 2), (64, 4, 4), (64, 8, 3), (32, 4, 3), (128, 8, 3),

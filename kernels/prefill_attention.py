@@ -54,12 +54,14 @@ def _attend_tiles(
             v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
         k = k.to(q.dtype)  # fp32 when interpreting; from an FP8 pool (to fp16); else a no-op
         v = v.to(q.dtype)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
         if MASKED:
             visible = (pos[None, :] <= q_pos[:, None]) & (pos[None, :] < kv_len)
             s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp2(s - m_new[:, None])
+        # qk_scale > 0, so max(s) * qk_scale is the scaled maximum and the scale joins the
+        # subtraction in one FMA per score (no separate multiply over the tile).
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+        p = tl.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -74,9 +76,14 @@ def _prefill_kernel(
     stride_r2t, qk_scale, group, head_dim,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr, PRECISION: tl.constexpr,
+    HEADS_FASTEST: tl.constexpr,
 ):  # fmt: skip
-    head = tl.program_id(0)
-    m_block = tl.num_programs(1) - 1 - tl.program_id(1)  # long causal rows start first
+    if HEADS_FASTEST:  # grid (Hq, q blocks, B): neighbouring programs share a q block
+        head = tl.program_id(0)
+        m_block = tl.num_programs(1) - 1 - tl.program_id(1)  # long causal rows start first
+    else:  # grid (q blocks, Hq, B): neighbouring programs share a head and its K/V
+        head = tl.program_id(1)
+        m_block = tl.num_programs(0) - 1 - tl.program_id(0)
     b = tl.program_id(2).to(tl.int64)
     q_start = tl.load(cu_ptr + b).to(tl.int64)
     q_len = (tl.load(cu_ptr + b + 1) - q_start).to(tl.int32)
@@ -129,9 +136,11 @@ def choose_blocks(head_dim: int, max_q_len: int, interp: bool) -> tuple[int, int
     if max_q_len <= 64:
         return 64, 64, 4, 2
     if head_dim <= 128:
-        # H100, one causal sequence (benchmarks/kernel_sweep.py): at 16k tokens 128x64 tiles
-        # with 4 warps reach 50% of the bf16 GEMM rate (128x128/8: 47%); at 4k, 128x128/8 wins.
-        return (128, 64, 4, 3) if max_q_len >= 8192 else (128, 128, 8, 3)
+        # H200, one causal sequence of scattered slots (benchmarks/kernel_sweep.py, results/
+        # h200-2026-12-01-kernel-sweep-prefill.json): 128 x 64 tiles, 4 warps, 4 stages are the
+        # best of 11 settings at 4k (0.388 ms, 44% of the bf16 GEMM rate; 128 x 128 / 8 warps
+        # 0.409) and at 16k (5.49 ms, 50%; 3 stages 5.53, 128 x 128 / 8 warps 6.09).
+        return 128, 64, 4, 4
     return 64, 32, 8, 2
 
 
@@ -148,11 +157,14 @@ def prefill_attention(
     out: torch.Tensor | None = None,
     *,
     blocks: tuple[int, int] | None = None,
+    heads_fastest: bool = True,
 ) -> torch.Tensor:
     """q: [T, Hq, D] -> out [T, Hq, D], causal over each request's cached + new K/V.
 
     max_q_len must be >= every request's q_len (it sizes the grid); blocks=(BLOCK_M, BLOCK_N)
-    overrides the heuristic (tests use it to cover several tilings).
+    overrides the heuristic (tests use it to cover several tilings). heads_fastest orders the
+    grid with the query heads varying fastest (every head of a q block runs at once); False runs
+    all q blocks of a head together (a wave reads fewer heads' K/V: less L2 traffic).
     """
     check_tensor("cu_seqlens_q", cu_seqlens_q, 1, INDEX_DTYPES, "[B + 1]")
     batch = cu_seqlens_q.shape[0] - 1
@@ -176,7 +188,8 @@ def prefill_attention(
     # FP8 pools with a 16-bit q: fp16 dots (e4m3 -> fp16 is exact and cheaper than -> bf16;
     # q's bf16 -> fp16 is exact below 65504), as decode_attention's fp16_dot.
     fp16_dot = k_cache.element_size() == 1 and q.element_size() == 2
-    grid = (heads, triton.cdiv(max_q_len, block_m), batch)
+    m_blocks = triton.cdiv(max_q_len, block_m)
+    grid = (heads, m_blocks, batch) if heads_fastest else (m_blocks, heads, batch)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, req_to_token, req_rows, cu_seqlens_q, seq_lens_kv,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
@@ -185,7 +198,7 @@ def prefill_attention(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
         DOT_FP32=interp and not fp16_dot, DOT_FP16=fp16_dot,
         PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=num_stages,
+        HEADS_FASTEST=heads_fastest, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
 

@@ -50,9 +50,11 @@ def make_batch(reqs: list[tuple[int, int]], heads: int, kv_heads: int, d: int,
 REQS = [(0, 1), (0, 7), (26, 7), (0, 33), (100, 30)]
 
 
-def _check(batch: dict, max_q_len: int, dtype: torch.dtype, blocks=None) -> None:
+def _check(batch: dict, max_q_len: int, dtype: torch.dtype, blocks=None,
+           heads_fastest: bool = True) -> None:  # fmt: skip
     scale = batch["q"].shape[2] ** -0.5
-    got = prefill_attention(**batch, max_q_len=max_q_len, scale=scale, blocks=blocks)
+    got = prefill_attention(**batch, max_q_len=max_q_len, scale=scale, blocks=blocks,
+                            heads_fastest=heads_fastest)  # fmt: skip
     want = prefill_attention_ref(**batch, scale=scale)
     assert torch.isfinite(got).all()
     atol, rtol = TOL[dtype]
@@ -67,10 +69,11 @@ def test_matches_reference(dtype: torch.dtype, heads: int, kv_heads: int) -> Non
 
 
 @pytest.mark.parametrize("blocks", [(16, 16), (64, 32), (128, 128)])
-def test_other_tilings(blocks: tuple[int, int]) -> None:
-    """The GPU tile sizes too, and a head_dim that is not a power of two."""
+@pytest.mark.parametrize("heads_fastest", [True, False])
+def test_other_tilings(blocks: tuple[int, int], heads_fastest: bool) -> None:
+    """The GPU tile sizes too, both grid orders, and a head_dim that is not a power of two."""
     batch = make_batch([(3, 70), (0, 130), (61, 2)], 4, 2, 48, torch.float32, seed=5)
-    _check(batch, max_q_len=130, dtype=torch.float32, blocks=blocks)
+    _check(batch, max_q_len=130, dtype=torch.float32, blocks=blocks, heads_fastest=heads_fastest)
 
 
 def test_reference_matches_engine_backend() -> None:
