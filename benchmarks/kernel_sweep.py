@@ -70,7 +70,8 @@ def prefill_sweep(t: int, gemm: float) -> list[dict]:
 PREFILL_VARIANTS = [(128, 128, 8, 3, True), (128, 128, 8, 2, True), (128, 64, 8, 3, True),
                     (128, 64, 4, 3, True), (64, 64, 4, 3, True), (128, 32, 4, 3, True),
                     (64, 128, 4, 3, True), (128, 64, 8, 4, True), (128, 64, 4, 3, False),
-                    (128, 128, 8, 3, False), (128, 64, 4, 4, True)]  # fmt: skip
+                    (128, 128, 8, 3, False), (128, 64, 4, 4, True), (256, 64, 8, 3, True),
+                    (256, 64, 8, 4, True), (256, 32, 8, 4, True)]  # fmt: skip
 
 
 TILE_VARIANTS = [(64, 4, 3), (64, 4, 2), (64, 4, 4), (64, 8, 3), (32, 4, 3), (128, 8, 3),
