@@ -2,7 +2,7 @@
 fraction of the ceilings measured in the same run. Used to set the launchers' heuristics.
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.kernel_sweep [--out FILE]
-        [--sections prefill,decode] [--kv-dtypes bfloat16,float8_e4m3fn]
+        [--sections prefill,decode] [--kv-dtypes bfloat16,float8_e4m3fn] [--prefill-lens 4096]
         [--decode-cases 64x4096,256x4096]
 """
 
@@ -39,10 +39,10 @@ def ceilings() -> dict[str, float]:
             "gemm_flops_per_s": 2 * 8192**3 / (gemm_ms / 1e3)}  # fmt: skip
 
 
-def prefill_sweep(t: int, gemm: float) -> list[dict]:
+def prefill_sweep(t: int, gemm: float, kv_dtype: torch.dtype = torch.bfloat16) -> list[dict]:
     dev, dtype = "cuda", torch.bfloat16
-    k = torch.randn(t + 1, KV_HEADS, D, device=dev, dtype=dtype)
-    v = torch.randn_like(k)
+    k = torch.randn(t + 1, KV_HEADS, D, device=dev, dtype=dtype).to(kv_dtype)
+    v = torch.randn(t + 1, KV_HEADS, D, device=dev, dtype=dtype).to(kv_dtype)
     r2t = (torch.randperm(t, device=dev) + 1).int()[None]
     q = torch.randn(t, HEADS, D, device=dev, dtype=dtype)
     args = dict(req_to_token=r2t, req_rows=torch.zeros(1, dtype=torch.int64, device=dev),
@@ -54,7 +54,8 @@ def prefill_sweep(t: int, gemm: float) -> list[dict]:
     for bm, bn, warps, stages, heads_fastest in PREFILL_VARIANTS:
         prefill_mod.choose_blocks = lambda *_a, c=(bm, bn, warps, stages): c
         order = {} if heads_fastest else {"heads_fastest": False}  # (older launchers lack it)
-        row = {"t": t, "blocks": [bm, bn, warps, stages], "heads_fastest": heads_fastest}
+        row = {"t": t, "kv_dtype": str(kv_dtype).split(".")[-1], "blocks": [bm, bn, warps, stages],
+               "heads_fastest": heads_fastest}  # fmt: skip
         try:
             ms = median_ms(lambda o=order: prefill_mod.prefill_attention(q, k, v, **args, **o))
             rows.append({**row, "ms": ms, "flops_frac": flops / (ms / 1e3) / gemm})
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--sections", default="prefill,decode", help="comma list: prefill, decode")
     p.add_argument("--kv-dtypes", default="bfloat16,float8_e4m3fn",
-                   help="comma list of torch dtype names for the decode pools")
+                   help="comma list of torch dtype names for the KV pools")
+    p.add_argument("--prefill-lens", default="4096,16384", help="comma list of tokens")
     p.add_argument("--decode-cases", default="1x1024,1x16384,64x4096,256x1024,256x4096",
                    help="comma list of BATCHxCONTEXT")
     args = p.parse_args(argv)
@@ -136,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     print(ceil, flush=True)
     result = {"device": torch.cuda.get_device_name(), "ceilings": ceil, "prefill": [],
               "decode": [], "command": " ".join(sys.argv)}  # fmt: skip
-    for t in (4096, 16384) if "prefill" in sections else ():
-        result["prefill"] += prefill_sweep(t, ceil["gemm_flops_per_s"])
+    for kv_dtype in kv_dtypes if "prefill" in sections else ():
+        for t in (int(x) for x in args.prefill_lens.split(",")):
+            result["prefill"] += prefill_sweep(t, ceil["gemm_flops_per_s"], kv_dtype)
     for kv_dtype in kv_dtypes if "decode" in sections else ():
         for batch, ctx in cases:
             result["decode"] += decode_sweep(batch, ctx, ceil["copy_bytes_per_s"], kv_dtype)

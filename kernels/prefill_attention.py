@@ -137,10 +137,11 @@ def choose_blocks(head_dim: int, max_q_len: int, interp: bool) -> tuple[int, int
         return 64, 64, 4, 2
     if head_dim <= 128:
         # H200, one causal sequence of scattered slots (benchmarks/kernel_sweep.py, results/
-        # h200-2026-12-01-kernel-sweep-prefill.json): 128 x 64 tiles, 4 warps, 4 stages are the
-        # best of 11 settings at 4k (0.388 ms, 44% of the bf16 GEMM rate; 128 x 128 / 8 warps
-        # 0.409) and at 16k (5.49 ms, 50%; 3 stages 5.53, 128 x 128 / 8 warps 6.09).
-        return 128, 64, 4, 4
+        # h200-2026-12-01-kernel-sweep-prefill*.json): 128 x 64 tiles, 4 warps, 4 stages are
+        # the best of 11-14 settings at 4k (0.388 ms, 44% of the bf16 GEMM rate; 128 x 128 / 8
+        # warps 0.409) and at 16k (5.49 ms, 50%; 3 stages 5.53, 128 x 128 / 8 warps 6.09); at
+        # 1k, 128 x 128 / 8 warps take 0.040 ms against their 0.050 (FP8 pools: 0.041 / 0.055).
+        return (128, 64, 4, 4) if max_q_len >= 4096 else (128, 128, 8, 3)
     return 64, 32, 8, 2
 
 
