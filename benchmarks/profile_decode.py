@@ -1,7 +1,9 @@
 """Where a decode step's time goes on a GPU: torch.profiler over steady decode steps of a real
-model at a few batch sizes, summed by kernel, plus the wall time per step.
+model at a few batch sizes, summed by kernel, plus the wall time per step. With --prefill, the
+same for the prefill step of one prompt (the TTFT path) instead.
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.profile_decode --model DIR [--out FILE]
+        [--prefill] [--engine-opt kv_cache_dtype=fp8 ...]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from raylight.benchmarks.gpu_bench_cli import parse_engine_opts
 from raylight.engine.llm import LLM
 from raylight.engine.sampling_params import SamplingParams
 
@@ -32,6 +35,52 @@ def _steady_decode(llm: LLM, batch: int, prompt_len: int) -> list[list[int]]:
     return []
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _device_ops(prof, steps: int) -> list[dict]:
+    rows = []
+    for e in prof.key_averages():
+        dev_us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if dev_us > 0 and e.key and not e.key.startswith("ProfilerStep"):
+            rows.append({"name": e.key[:90], "device_ms_per_step": dev_us / 1e3 / steps,
+                         "calls_per_step": e.count / steps})  # fmt: skip
+    rows.sort(key=lambda r: -r["device_ms_per_step"])
+    return rows[:25]
+
+
+def profile_prefill(llm: LLM, prompt_len: int, trials: int) -> dict:
+    """One prompt at a time: the wall time of its prefill step (the first step after adding it,
+    synchronised), then the same under the profiler, summed over `trials` prompts."""
+    core = llm.core
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+
+    def one(i: int) -> float:
+        prompt = [(11 * i + 3 * j) % 1000 + 10 for j in range(prompt_len)]
+        core.add(core.make_request(f"prefill-{i}", prompt, params, 0))
+        _sync()
+        t = time.perf_counter()
+        core.step()
+        _sync()
+        ms = 1e3 * (time.perf_counter() - t)
+        while core.scheduler.running or core.scheduler.waiting:
+            core.step()
+        return ms
+
+    for i in range(2):  # compile and warm the prefill shapes
+        one(-1 - i)
+    wall = sorted(one(i) for i in range(trials))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(trials):
+            one(trials + i)
+        _sync()
+    return {"prompt_len": prompt_len, "prefill_step_wall_ms": wall,
+            "prefill_step_wall_ms_median": wall[len(wall) // 2],
+            "top_device_ops": _device_ops(prof, trials)}  # fmt: skip
+
+
 def profile_batch(llm: LLM, batch: int, prompt_len: int, steps: int) -> dict:
     _steady_decode(llm, batch, prompt_len)
     core = llm.core
@@ -47,17 +96,11 @@ def profile_batch(llm: LLM, batch: int, prompt_len: int, steps: int) -> dict:
         for _ in range(steps):
             core.step()
         torch.cuda.synchronize()
-    rows = []
-    for e in prof.key_averages():
-        dev_us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if dev_us > 0 and e.key and not e.key.startswith("ProfilerStep"):
-            rows.append({"name": e.key[:90], "device_ms_per_step": dev_us / 1e3 / steps,
-                         "calls_per_step": e.count / steps})  # fmt: skip
-    rows.sort(key=lambda r: -r["device_ms_per_step"])
+    rows = _device_ops(prof, steps)
     for req in list(core.scheduler.running):
         core.abort(req.request_id)
     return {"batch": batch, "prompt_len": prompt_len, "wall_ms_per_step": step_ms,
-            "top_device_ops": rows[:25]}  # fmt: skip
+            "top_device_ops": rows}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=int, default=1024)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--prefill", action="store_true",
+                   help="profile one prompt's prefill step instead of decode steps")
+    p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    llm = LLM(args.model, progress=False, max_model_len=4096, max_num_seqs=max(args.batches))
-    out = {"device": torch.cuda.get_device_name(), "command": " ".join(sys.argv), "runs": []}
-    for batch in args.batches:
+    opts = {"max_model_len": 4096, "max_num_seqs": max(args.batches),
+            **parse_engine_opts(args.engine_opt)}  # fmt: skip
+    llm = LLM(args.model, progress=False, **opts)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    out = {"device": device, "command": " ".join(sys.argv),
+           "engine_options": {k: str(v) for k, v in opts.items()}, "runs": []}  # fmt: skip
+    if args.prefill:
+        run = profile_prefill(llm, args.prompt_len, args.steps)
+        out["runs"].append(run)
+        print(f"prefill {args.prompt_len}: {run['prefill_step_wall_ms_median']:.2f} ms", flush=True)
+        for r in run["top_device_ops"][:15]:
+            print(f"  {r['device_ms_per_step']:8.3f} ms  x{r['calls_per_step']:5.0f}  {r['name']}")
+    for batch in [] if args.prefill else args.batches:
         run = profile_batch(llm, batch, args.prompt_len, args.steps)
         out["runs"].append(run)
         print(f"batch {batch}: {run['wall_ms_per_step']:.2f} ms/step", flush=True)
