@@ -40,6 +40,10 @@ class EngineOptions:
     # Triton linear layers for decode batches of at most 8 rows (kernels/skinny_linear.py)
     # where they beat cuBLAS. None: on CUDA only.
     skinny_linear: bool | None = None
+    # Programmatic dependent launch for the decode chain's Triton kernels (Hopper and later):
+    # each may start while the previous one finishes, the skinny linear layers reading their
+    # first weight tile before waiting. Off by default: not timed on a GPU yet.
+    pdl: bool = False
     # Run every step eagerly: no CUDA graphs for decode batches.
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
@@ -79,6 +83,7 @@ class EngineConfig:
     enable_prefix_caching: bool = False  # resolve_engine_config copies EngineOptions' (True)
     fused_kernels: bool = False
     skinny_linear: bool = False
+    pdl: bool = False  # only on CUDA
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
@@ -151,6 +156,7 @@ def resolve_engine_config(
         skinny_linear=(
             device.type == "cuda" if options.skinny_linear is None else options.skinny_linear
         ),
+        pdl=options.pdl and device.type == "cuda",
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
         async_scheduling=async_scheduling,

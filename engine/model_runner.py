@@ -88,9 +88,9 @@ class ModelRunner:
                     arch, tp, config.dtype, max_positions=sched.max_model_len
                 )
             model.load_weights(iter_weights(config.model_dir, self.device, progress))
-        use_fused_kernels(model, config.fused_kernels, config.skinny_linear)
+        use_fused_kernels(model, config.fused_kernels, config.skinny_linear, config.pdl)
         self.model = model.eval()
-        self.backend = make_attention_backend(config.attention_backend)
+        self.backend = make_attention_backend(config.attention_backend, pdl=config.pdl)
         graph_batch = self._graph_max_batch(tp)
         kv_heads_local = max(1, arch.num_kv_heads // tp.size)
         self.memory_profile: MemoryProfile | None = None  # set when sized from free memory

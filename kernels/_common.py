@@ -69,3 +69,17 @@ def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str) ->
 def check_power_of_two(name: str, value: int, lo: int = 16, hi: int = 256) -> None:
     if value < lo or value > hi or value & (value - 1):
         raise ValueError(f"{name}: must be a power of two in [{lo}, {hi}], got {value}")
+
+
+def pdl_enabled(pdl: bool, *tensors: torch.Tensor) -> bool:
+    """Whether a launch asked to use programmatic dependent launch (PDL) really does: never in
+    the interpreter, which has no grid dependencies."""
+    return pdl and not interpreting(*tensors)
+
+
+def pdl_launch_options(enabled: bool) -> dict[str, bool]:
+    """Launch keywords for PDL: the kernel may start while the previous kernel on the stream
+    finishes (Hopper and later; recorded as programmatic edges when captured in a CUDA graph).
+    The kernel must then call `pdl_wait` (kernels/_common_jit.py) before it reads or writes
+    anything an earlier kernel touches."""
+    return {"launch_pdl": True} if enabled else {}

@@ -26,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from raylight.kernels._common import interpreting
+from raylight.kernels._common import interpreting, pdl_enabled, pdl_launch_options
+from raylight.kernels._common_jit import pdl_release, pdl_wait
 from raylight.kernels.attention_checks import check_attention_args, num_sms
 
 LOG2E = 1.4426950408889634
@@ -47,11 +48,13 @@ def _decode_stage1(
     qk_scale, group, head_dim, num_splits,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr, V_PAIRS: tl.constexpr,
-    PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr,
+    PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    pdl_release(USE_PDL)
+    pdl_wait(USE_PDL)
     seq_len = tl.load(lens_ptr + b).to(tl.int32)
     split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * split_len
@@ -130,10 +133,12 @@ def _decode_stage1(
 @triton.jit
 def _decode_stage2(
     mid_o_ptr, mid_lse_ptr, out_ptr, stride_ob, stride_oh, num_heads, head_dim, num_splits,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
+    pdl_release(USE_PDL)
+    pdl_wait(USE_PDL)
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
     base = (b * num_heads + h) * num_splits
@@ -207,11 +212,13 @@ def decode_attention(
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
     tiles: DecodeTiles | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """q: [B, Hq, D] -> out [B, Hq, D]: each request's one query over its seq_lens_kv slots.
 
     max_kv_len (an upper bound of seq_lens_kv, e.g. the CUDA-graph bucket's) only picks the
-    split count; num_splits and tiles override the choices.
+    split count; num_splits and tiles override the choices. pdl: launch both stages with
+    programmatic dependent launch (kernels/_common.py).
     """
     out = check_attention_args(q, k_cache, v_cache, req_to_token, req_rows, seq_lens_kv, out)
     batch, num_heads, head_dim = q.shape
@@ -233,6 +240,7 @@ def decode_attention(
     mid_o = torch.empty((batch, num_heads, num_splits, block_d), dtype=torch.float32,
                         device=q.device)  # fmt: skip
     mid_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
+    use_pdl = pdl_enabled(pdl, q)
     _decode_stage1[(batch, kv_heads, num_splits)](
         q, k_cache, v_arg, req_to_token, req_rows, seq_lens_kv, mid_o, mid_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
@@ -241,11 +249,13 @@ def decode_attention(
         BLOCK_G=block_g, BLOCK_N=tiles.block_n, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
         DOT_FP32=interp and not fp16_dot, DOT_FP16=fp16_dot, V_PAIRS=v_pairs,
         PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
-        NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps,
+        NUM_STAGES=tiles.num_stages, USE_PDL=use_pdl, num_warps=tiles.num_warps,
+        **pdl_launch_options(use_pdl),
     )  # fmt: skip
     _decode_stage2[(batch, num_heads)](
         mid_o, mid_lse, out, out.stride(0), out.stride(1), num_heads, head_dim, num_splits,
-        BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, num_warps=4,
+        BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, USE_PDL=use_pdl,
+        num_warps=4, **pdl_launch_options(use_pdl),
     )  # fmt: skip
     return out
 

@@ -17,7 +17,10 @@ from raylight.kernels._common import (
     check_last_dim_contiguous,
     check_same_device,
     check_tensor,
+    pdl_enabled,
+    pdl_launch_options,
 )
+from raylight.kernels._common_jit import pdl_release, pdl_wait
 
 
 @triton.jit
@@ -35,10 +38,14 @@ def _rmsnorm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
+    pdl_release(USE_PDL)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)  # a weight: before the wait
+    pdl_wait(USE_PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
@@ -47,7 +54,6 @@ def _rmsnorm_kernel(
         x = summed.to(tl.float32)
     inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / hidden + eps)
     normed = (x * inv_rms).to(out_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_out + cols, (normed * w).to(out_ptr.dtype.element_ty), mask)
 
 
@@ -65,17 +71,20 @@ def _launch(
     eps: float,
     out: torch.Tensor,
     res_out: torch.Tensor | None,
+    pdl: bool,
 ) -> None:
     hidden = x.shape[1]
     block = triton.next_power_of_2(hidden)
     num_warps = min(16, max(1, block // 512))
     res = residual if residual is not None else x
     res_o = res_out if res_out is not None else out
+    use_pdl = pdl_enabled(pdl, x)
     _rmsnorm_kernel[(x.shape[0],)](
         x, res, weight, out, res_o,
         x.stride(0), res.stride(0), out.stride(0), res_o.stride(0),
         hidden, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
+        HAS_RESIDUAL=residual is not None, BLOCK=block, USE_PDL=use_pdl, num_warps=num_warps,
+        **pdl_launch_options(use_pdl),
     )  # fmt: skip
 
 
@@ -90,16 +99,21 @@ def _check_common(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 
 def rmsnorm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    out: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
-    """x: [T, H] -> weight * norm(x) as [T, H] in x's dtype."""
+    """x: [T, H] -> weight * norm(x) as [T, H] in x's dtype. pdl: launch with programmatic
+    dependent launch (kernels/_common.py)."""
     _check_common(x, weight)
     check_same_device(x=x, weight=weight)
     out = torch.empty_like(x) if out is None else out
     _check_rows("out", out, x)
     check_same_device(x=x, out=out)
     if x.shape[0]:
-        _launch(x, None, weight, eps, out, None)
+        _launch(x, None, weight, eps, out, None, pdl)
     return out
 
 
@@ -109,6 +123,7 @@ def fused_add_rmsnorm(
     weight: torch.Tensor,
     eps: float,
     inplace: bool = False,
+    pdl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (weight * norm(x + residual), x + residual), like RMSNorm.forward(x, residual).
 
@@ -121,7 +136,7 @@ def fused_add_rmsnorm(
     out = x if inplace else torch.empty_like(x)
     res_out = residual if inplace else torch.empty_like(residual)
     if x.shape[0]:
-        _launch(x, residual, weight, eps, out, res_out)
+        _launch(x, residual, weight, eps, out, res_out, pdl)
     return out, res_out
 
 

@@ -14,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from raylight.kernels._common import FP8_KV_DTYPE
+from raylight.kernels._common import FP8_KV_DTYPE, pdl_enabled, pdl_launch_options
+from raylight.kernels._common_jit import pdl_release, pdl_wait
 from raylight.kernels.kv_store import _store_one, check_store_args, store_kv_ref
 from raylight.kernels.rotary import (
     _cos_sin,
@@ -33,9 +34,11 @@ def _rope_kv_store_kernel(
     stride_kcs, stride_kch, stride_vcs, stride_vch,
     q_heads, k_heads, half, head_dim,
     BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HV: tl.constexpr,
-    BLOCK_D: tl.constexpr, TO_FP8: tl.constexpr,
+    BLOCK_D: tl.constexpr, TO_FP8: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     tok = tl.program_id(0).to(tl.int64)
+    pdl_release(USE_PDL)
+    pdl_wait(USE_PDL)  # positions and slots may come from the previous step's kernels
     slot = tl.load(slots_ptr + tok).to(tl.int64)
     cos, sin = _cos_sin(pos_ptr, cos_ptr, sin_ptr, tok, half, BLOCK_HALF)
     _rotate_heads(q_ptr, q_out_ptr, stride_qt, stride_qh, stride_qot, stride_qoh, tok, tok,
@@ -56,8 +59,10 @@ def rope_kv_store(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     out_slots: torch.Tensor,
+    pdl: bool = False,
 ) -> torch.Tensor:
-    """Rotated q [T, Hq, D]; k rotated and v stored at out_slots of the pools."""
+    """Rotated q [T, Hq, D]; k rotated and v stored at out_slots of the pools. pdl: launch
+    with programmatic dependent launch (kernels/_common.py)."""
     check_rotary_args(positions, q, k, cos, sin)
     check_store_args(k, v, k_cache, v_cache, out_slots)
     q_out = torch.empty_like(q)
@@ -68,6 +73,7 @@ def rope_kv_store(
     block_half, block_h = rotary_blocks(half, max(q.shape[1], k.shape[1]))
     block_d = triton.next_power_of_2(head_dim)
     block_hv = max(1, min(triton.next_power_of_2(k.shape[1]), 4096 // block_d))
+    use_pdl = pdl_enabled(pdl, q)
     _rope_kv_store_kernel[(q.shape[0],)](
         positions, cos, sin, out_slots, q, k, v, q_out, k_cache, v_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -75,7 +81,8 @@ def rope_kv_store(
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         q.shape[1], k.shape[1], half, head_dim,
         BLOCK_H=block_h, BLOCK_HALF=block_half, BLOCK_HV=block_hv, BLOCK_D=block_d,
-        TO_FP8=k_cache.dtype == FP8_KV_DTYPE, num_warps=4,
+        TO_FP8=k_cache.dtype == FP8_KV_DTYPE, USE_PDL=use_pdl, num_warps=4,
+        **pdl_launch_options(use_pdl),
     )  # fmt: skip
     return q_out
 

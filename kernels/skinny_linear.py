@@ -36,7 +36,10 @@ from raylight.kernels._common import (
     check_same_device,
     check_tensor,
     interpreting,
+    pdl_enabled,
+    pdl_launch_options,
 )
+from raylight.kernels._common_jit import pdl_release, pdl_wait
 
 MAX_ROWS = 8  # beyond this, the layers call cuBLAS (compute starts to matter)
 
@@ -48,6 +51,20 @@ class SkinnyConfig:
     block_k: int
     num_warps: int
     num_stages: int
+
+
+@triton.jit
+def _tile_product(acc, x, w, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] += x [BLOCK_M, BLOCK_K] @ w [BLOCK_N, BLOCK_K]^T, fp32."""
+    if USE_DOT:
+        if DOT_IN_FP32:
+            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
+        else:
+            acc += tl.dot(x, tl.trans(w))
+    else:
+        prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+        acc += tl.sum(prod, axis=2)
+    return acc
 
 
 @triton.jit
@@ -70,6 +87,7 @@ def _skinny_linear_kernel(
     DOT_IN_FP32: tl.constexpr,
     EVEN_K: tl.constexpr,
     STAGES: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -83,7 +101,25 @@ def _skinny_linear_kernel(
     w_ptrs = w_ptr + rn_read[:, None] * stride_wn + rk[None, :]
     x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+    k_begin = 0
+    if USE_PDL:
+        # The first weight tile (weights are never written by a step) loads before waiting for
+        # the previous kernel, so its memory latency overlaps that kernel's tail; x after.
+        pdl_release(USE_PDL)
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+        else:
+            w = tl.load(w_ptrs, mask=(rk < K)[None, :], other=0.0)
+        pdl_wait(USE_PDL)
+        if EVEN_K:
+            x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
+        else:
+            x = tl.load(x_ptrs, mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
+        acc = _tile_product(acc, x, w, USE_DOT, DOT_IN_FP32)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+        k_begin = BLOCK_K
+    for k0 in tl.range(k_begin, K, BLOCK_K, num_stages=STAGES):
         if EVEN_K:
             w = tl.load(w_ptrs)
             x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
@@ -91,14 +127,7 @@ def _skinny_linear_kernel(
             k_ok = (k0 + rk) < K
             w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
             x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        if USE_DOT:
-            if DOT_IN_FP32:
-                acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
-            else:
-                acc += tl.dot(x, tl.trans(w))
-        else:
-            prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-            acc += tl.sum(prod, axis=2)
+        acc = _tile_product(acc, x, w, USE_DOT, DOT_IN_FP32)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
     if HAS_BIAS:
@@ -156,8 +185,11 @@ def skinny_linear(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     config: SkinnyConfig | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
-    """x [M, K] (M <= MAX_ROWS), weight [N, K], bias [N] or None -> y [M, N] in x's dtype."""
+    """x [M, K] (M <= MAX_ROWS), weight [N, K], bias [N] or None -> y [M, N] in x's dtype.
+    pdl: launch with programmatic dependent launch (kernels/_common.py); the first weight tile
+    is then read before waiting for the previous kernel."""
     check_tensor("x", x, 2, FLOAT_DTYPES, "[M, K]")
     check_tensor("weight", weight, 2, (x.dtype,), "[N, K]")
     check_last_dim_contiguous("x", x)
@@ -184,6 +216,7 @@ def skinny_linear(
         cfg = SkinnyConfig(False, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages)
     block_m = 16 if cfg.use_dot else triton.next_power_of_2(m)
     block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
+    use_pdl = pdl_enabled(pdl, x)
     _skinny_linear_kernel[(triton.cdiv(n, cfg.block_n),)](
         x,
         weight,
@@ -203,7 +236,9 @@ def skinny_linear(
         DOT_IN_FP32=interpreting(x) and x.dtype != torch.float32,
         EVEN_K=k % block_k == 0,
         STAGES=cfg.num_stages,
+        USE_PDL=use_pdl,
         num_warps=cfg.num_warps,
+        **pdl_launch_options(use_pdl),
     )
     return y
 

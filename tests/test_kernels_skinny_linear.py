@@ -92,9 +92,9 @@ def test_layer_dispatch_matches_f_linear(monkeypatch) -> None:
 
     calls = []
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(args[0].shape[0])
-        return skinny_linear(*args)
+        return skinny_linear(*args, **kwargs)
 
     monkeypatch.setattr(linear_mod, "skinny_linear", counting)
     x = torch.randn(2, 32)

@@ -49,6 +49,7 @@ def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: i
         "wgmma": "wgmma" in ptx,
         "cp_async": "cp.async" in ptx,
         "byte_smem_loads": sass.count("LDS.U8"),
+        "griddepcontrol": "griddepcontrol" in ptx,
     }
 
 
@@ -77,10 +78,10 @@ def _compile_all() -> list[dict]:
     mid_prefill = {**prefill(1024), "name": "_prefill_kernel_mid"}
     fp8_prefill = {**prefill(4096, FP8_POOLS), "name": "_prefill_kernel_fp8"}
 
-    def stage1_consts(t: decode_attention.DecodeTiles) -> tuple[dict, int, int]:
+    def stage1_consts(t: decode_attention.DecodeTiles, pdl: bool = False) -> tuple[dict, int, int]:
         consts = dict(BLOCK_G=16, BLOCK_N=t.block_n, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
                       DOT_FP16=t.fp16_dot, V_PAIRS=t.fp8_v_pairs, PRECISION="tf32",
-                      NUM_STAGES=t.num_stages)  # fmt: skip
+                      NUM_STAGES=t.num_stages, USE_PDL=pdl)  # fmt: skip
         return consts, t.num_warps, t.num_stages
 
     fp8_tiles = decode_attention.DecodeTiles(fp16_dot=True)  # byte-wise V, the old FP8 default
@@ -107,8 +108,10 @@ def _compile_all() -> list[dict]:
         fp8_store,
         _compile(decode_attention._decode_stage1, {**IDX, **mid},
                  *stage1_consts(decode_attention.choose_tiles(torch.bfloat16))),  # fmt: skip
-        _compile(decode_attention._decode_stage2, mid, dict(BLOCK_S=8, BLOCK_D=128), 4, 1),
-        _compile(rmsnorm._rmsnorm_kernel, {}, dict(HAS_RESIDUAL=True, BLOCK=8192), 16, 1),
+        _compile(decode_attention._decode_stage2, mid,
+                 dict(BLOCK_S=8, BLOCK_D=128, USE_PDL=False), 4, 1),  # fmt: skip
+        _compile(rmsnorm._rmsnorm_kernel, {},
+                 dict(HAS_RESIDUAL=True, BLOCK=8192, USE_PDL=False), 16, 1),  # fmt: skip
         _compile(
             rotary._rotary_kernel,
             {"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32"},
@@ -118,16 +121,52 @@ def _compile_all() -> list[dict]:
         ),  # fmt: skip
         _compile(kv_store._kv_store_kernel, {"slots_ptr": "*i64"},
                  dict(BLOCK_H=8, BLOCK_D=128, TO_FP8=False), 4, 1),  # fmt: skip
-        _compile(activation._silu_and_mul_kernel, {}, dict(BLOCK=1024), 8, 1),
+        _compile(activation._silu_and_mul_kernel, {}, dict(BLOCK=1024, USE_PDL=False), 8, 1),
         _compile(
             rope_kv_store._rope_kv_store_kernel,
             {"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "slots_ptr": "*i64",
              **FP8_CACHES},
-            dict(BLOCK_H=32, BLOCK_HALF=64, BLOCK_HV=8, BLOCK_D=128, TO_FP8=True),
+            dict(BLOCK_H=32, BLOCK_HALF=64, BLOCK_HV=8, BLOCK_D=128, TO_FP8=True, USE_PDL=False),
             4,
             1,
         ),  # fmt: skip
+        *_pdl_builds(),
     ]
+
+
+def _pdl_builds() -> list[dict]:
+    """The decode chain's kernels built with programmatic dependent launch (engine option
+    `pdl`): the skinny linear layer, RMSNorm, SiLU-and-mul, rope + KV store, both decode stages."""
+    import torch
+
+    from raylight.kernels import (
+        activation,
+        decode_attention,
+        rmsnorm,
+        rope_kv_store,
+        skinny_linear,
+    )
+
+    mid = {"mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
+    tiles = decode_attention.choose_tiles(torch.bfloat16)
+    stage1 = dict(BLOCK_G=16, BLOCK_N=tiles.block_n, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
+                  DOT_FP16=False, V_PAIRS=False, PRECISION="tf32", NUM_STAGES=tiles.num_stages,
+                  USE_PDL=True)  # fmt: skip
+    skinny = dict(HAS_BIAS=False, BLOCK_M=1, BLOCK_N=16, BLOCK_K=512, USE_DOT=False,
+                  DOT_IN_FP32=False, EVEN_K=True, STAGES=3, USE_PDL=True)  # fmt: skip
+    builds = [
+        (skinny_linear._skinny_linear_kernel, {}, skinny, 4, 3),
+        (rmsnorm._rmsnorm_kernel, {}, dict(HAS_RESIDUAL=True, BLOCK=8192, USE_PDL=True), 16, 1),
+        (activation._silu_and_mul_kernel, {}, dict(BLOCK=1024, USE_PDL=True), 8, 1),
+        (rope_kv_store._rope_kv_store_kernel,
+         {"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "slots_ptr": "*i64"},
+         dict(BLOCK_H=32, BLOCK_HALF=64, BLOCK_HV=8, BLOCK_D=128, TO_FP8=False, USE_PDL=True),
+         4, 1),
+        (decode_attention._decode_stage1, {**IDX, **mid}, stage1, tiles.num_warps,
+         tiles.num_stages),
+        (decode_attention._decode_stage2, mid, dict(BLOCK_S=8, BLOCK_D=128, USE_PDL=True), 4, 1),
+    ]  # fmt: skip
+    return [{**_compile(*b), "name": b[0].fn.__name__ + "_pdl"} for b in builds]
 
 
 def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
@@ -135,7 +174,12 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 14
+    assert len(results) == 20
+    pdl = {name: results.pop(name) for name in list(results) if name.endswith("_pdl")}
+    assert len(pdl) == 6 and all(r["griddepcontrol"] for r in pdl.values()), pdl
+    for r in pdl.values():  # PDL adds no spills either
+        assert r["usage"] and all("STACK:0 " in u and "LOCAL:0 " in u for u in r["usage"]), r
+    assert not any(r["griddepcontrol"] for r in results.values())  # the default builds: none
     # The prefill tiles from 4k tokens up (128 x 64, 4 warps) spill a little but measured faster
     # on the H200 than the spill-free 128 x 128 / 8 warps (4k: 0.388 vs 0.409 ms; 16k: 5.49 vs
     # 6.09 ms): bound it.

@@ -81,9 +81,9 @@ def test_fused_layers_match_torch(
     calls = []
     fused_store = attention_layer.rope_kv_store
 
-    def counted(*args: object) -> object:
+    def counted(*args: object, **kwargs: object) -> object:
         calls.append(1)
-        return fused_store(*args)
+        return fused_store(*args, **kwargs)
 
     monkeypatch.setattr(attention_layer, "rope_kv_store", counted)
     prompts = _prompts(1, [5, 11, 2])

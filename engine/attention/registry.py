@@ -6,8 +6,9 @@ from __future__ import annotations
 from raylight.engine.attention.backend import AttentionBackend
 
 
-def make_attention_backend(name: str) -> AttentionBackend:
-    """name: a resolved backend name ("torch" or "triton"; config resolves "auto")."""
+def make_attention_backend(name: str, pdl: bool = False) -> AttentionBackend:
+    """name: a resolved backend name ("torch" or "triton"; config resolves "auto"). pdl: the
+    Triton backend's decode kernels use programmatic dependent launch."""
     if name == "torch":
         from raylight.engine.attention.torch_backend import TorchAttentionBackend
 
@@ -15,5 +16,5 @@ def make_attention_backend(name: str) -> AttentionBackend:
     if name == "triton":
         from raylight.engine.attention.triton_backend import TritonAttentionBackend
 
-        return TritonAttentionBackend()
+        return TritonAttentionBackend(pdl=pdl)
     raise ValueError(f"unknown attention backend {name!r} (available: torch, triton)")

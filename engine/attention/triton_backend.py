@@ -26,6 +26,9 @@ class TritonAttentionBackend:
     # safe to capture in a CUDA graph.
     supports_cuda_graphs = True
 
+    def __init__(self, pdl: bool = False) -> None:
+        self.pdl = pdl  # decode kernels with programmatic dependent launch (kernels/_common.py)
+
     def store_kv(
         self,
         k: torch.Tensor,
@@ -50,7 +53,7 @@ class TritonAttentionBackend:
             # One query per request: q's token dim is the batch dim.
             return decode_attention(
                 q, k_cache, v_cache, meta.req_to_token, meta.req_rows, meta.seq_lens_kv,
-                max(1, meta.max_kv_len), scale,
+                max(1, meta.max_kv_len), scale, pdl=self.pdl,
             )  # fmt: skip
         return prefill_attention(
             q, k_cache, v_cache, meta.req_to_token, meta.req_rows, meta.cu_seqlens_q,

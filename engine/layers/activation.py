@@ -20,9 +20,10 @@ class SiluAndMul(nn.Module):
     `layers.fused.use_fused_kernels`) runs one Triton kernel instead of three torch ops."""
 
     fused: bool = False
+    pdl: bool = False  # the kernel with programmatic dependent launch (set with `fused`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, 2 * I] -> [T, I]
         if self.fused and x.dim() == 2 and x.stride(-1) == 1:
-            return silu_and_mul_triton(x)
+            return silu_and_mul_triton(x, pdl=self.pdl)
         return silu_and_mul(x)

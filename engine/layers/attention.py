@@ -45,7 +45,7 @@ class Attention(nn.Module):
         contiguous = q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         if rope.fused and contiguous and q.dtype == k.dtype == v.dtype:
             q = rope_kv_store(positions, q, k, v, rope.cos, rope.sin, k_cache, v_cache,
-                              ctx.attn.out_slots)  # fmt: skip
+                              ctx.attn.out_slots, pdl=rope.pdl)  # fmt: skip
         else:
             q, k = rope(positions, q, k)
             ctx.backend.store_kv(k, v, k_cache, v_cache, ctx.attn)

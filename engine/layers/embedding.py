@@ -42,8 +42,9 @@ class ParallelLMHead(VocabParallelEmbedding):
     """logits = hidden @ E^T, gathered over ranks and cut back to the real vocabulary."""
 
     skinny: bool = False  # set by layers.fused.use_fused_kernels
+    pdl: bool = False  # likewise
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, H] -> logits: [N, vocab]
-        logits = linear(hidden, self.weight, None, self.skinny)
+        logits = linear(hidden, self.weight, None, self.skinny, self.pdl)
         return self.tp.all_gather_last_dim(logits)[:, : self.vocab_size]

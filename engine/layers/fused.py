@@ -17,15 +17,20 @@ _FUSABLE = (RMSNorm, RotaryEmbedding, SiluAndMul)
 _LINEAR = (ColumnParallelLinear, RowParallelLinear, ParallelLMHead)
 
 
-def use_fused_kernels(model: nn.Module, enabled: bool, skinny_linear: bool = False) -> int:
-    """Sets `fused` on every fusable layer of `model` and `skinny` on every linear layer;
-    returns how many layers it set."""
+def use_fused_kernels(
+    model: nn.Module, enabled: bool, skinny_linear: bool = False, pdl: bool = False
+) -> int:
+    """Sets `fused` on every fusable layer of `model`, `skinny` on every linear layer, and
+    `pdl` (programmatic dependent launch of their Triton kernels) on both; returns how many
+    layers it set."""
     count = 0
     for module in model.modules():
         if isinstance(module, _FUSABLE):
             module.fused = enabled
-            count += 1
         elif isinstance(module, _LINEAR):
             module.skinny = skinny_linear
-            count += 1
+        else:
+            continue
+        module.pdl = pdl
+        count += 1
     return count

@@ -17,13 +17,18 @@ from raylight.kernels.skinny_linear import MAX_ROWS, choose_config, skinny_linea
 
 
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, skinny: bool
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    skinny: bool,
+    pdl: bool = False,
 ) -> torch.Tensor:
-    """F.linear, or with `skinny` the Triton small-batch kernel where its sweep says it wins."""
+    """F.linear, or with `skinny` the Triton small-batch kernel where its sweep says it wins
+    (launched with programmatic dependent launch if `pdl`)."""
     if skinny and x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.stride(-1) == 1:
         config = choose_config(x.shape[0], weight.shape[0], weight.shape[1])
         if config is not None:
-            return skinny_linear(x, weight, bias, config)
+            return skinny_linear(x, weight, bias, config, pdl=pdl)
     return F.linear(x, weight, bias)
 
 
@@ -42,6 +47,8 @@ class ColumnParallelLinear(nn.Module):
     """
 
     skinny: bool = False  # set by layers.fused.use_fused_kernels
+    pdl: bool = False  # likewise
+    pdl: bool = False  # likewise
 
     def __init__(
         self, in_features: int, output_sizes: list[int], bias: bool, tp: TPGroup, dtype: torch.dtype
@@ -56,7 +63,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_local, dtype=dtype), False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.skinny)
+        return linear(x, self.weight, self.bias, self.skinny, self.pdl)
 
     def load_shard(self, name: str, loaded: torch.Tensor, shard: int = 0) -> None:
         """Copies this rank's rows of the full tensor `loaded` (weight or bias) into `shard`."""
@@ -137,7 +144,7 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tp.all_reduce(linear(x, self.weight, None, self.skinny))
+        y = self.tp.all_reduce(linear(x, self.weight, None, self.skinny, self.pdl))
         return y if self.bias is None else y + self.bias
 
     def load_shard(self, name: str, loaded: torch.Tensor, shard: int = 0) -> None:

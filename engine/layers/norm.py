@@ -15,6 +15,7 @@ class RMSNorm(nn.Module):
     the default take the torch path. Both round the same way: see kernels/rmsnorm.py."""
 
     fused: bool = False
+    pdl: bool = False  # the kernels with programmatic dependent launch (set with `fused`)
 
     def __init__(self, size: int, eps: float, dtype: torch.dtype) -> None:
         super().__init__()
@@ -27,8 +28,8 @@ class RMSNorm(nn.Module):
         """Returns (norm(x + residual), x + residual); the second is the next residual."""
         if self.fused and self._kernel_fits(x, residual):
             if residual is None:
-                return rmsnorm(x, self.weight, self.eps), x
-            return fused_add_rmsnorm(x, residual, self.weight, self.eps)
+                return rmsnorm(x, self.weight, self.eps, pdl=self.pdl), x
+            return fused_add_rmsnorm(x, residual, self.weight, self.eps, pdl=self.pdl)
         if residual is not None:
             x = x + residual
         # Statistics in float32, as HF does, then back to the input dtype before the weight.

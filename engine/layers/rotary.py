@@ -36,6 +36,7 @@ class RotaryEmbedding(nn.Module):
     math (the torch path computes in the input dtype; the two agree exactly in float32)."""
 
     fused: bool = False
+    pdl: bool = False  # rope + KV store with programmatic dependent launch (set with `fused`)
 
     def __init__(self, head_dim: int, rope: RopeConfig, max_positions: int) -> None:
         super().__init__()
