@@ -43,9 +43,10 @@ def _rmsnorm_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
-    pdl_release(USE_PDL)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)  # a weight: before the wait
-    pdl_wait(USE_PDL)
+    if USE_PDL:  # the weight (never written by a step) loads before the wait
+        pdl_release(USE_PDL)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        pdl_wait(USE_PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
@@ -54,6 +55,8 @@ def _rmsnorm_kernel(
         x = summed.to(tl.float32)
     inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / hidden + eps)
     normed = (x * inv_rms).to(out_ptr.dtype.element_ty).to(tl.float32)
+    if not USE_PDL:  # (where the timed build loads it)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_out + cols, (normed * w).to(out_ptr.dtype.element_ty), mask)
 
 
