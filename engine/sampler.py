@@ -20,6 +20,7 @@ from raylight.engine.sampling_noise import (
     uniform_noise_at,
 )
 from raylight.engine.sampling_params import GREEDY_TEMPERATURE
+from raylight.kernels.top_p import apply_top_p_cut, top_p_cut
 
 
 @dataclass(slots=True)
@@ -43,7 +44,15 @@ class DeviceSample:
 
 
 class Sampler:
-    """Stateless: every random draw is a function of (seed, counter, token id)."""
+    """Stateless: every random draw is a function of (seed, counter, token id).
+
+    top_p_kernel: top-p through kernels/top_p.py (a radix select, no sort) instead of sorting
+    each row; None picks it on CUDA. Both keep the same tokens (up to float rounding of the mass
+    at the cut), so a row samples the same token either way.
+    """
+
+    def __init__(self, top_p_kernel: bool | None = None) -> None:
+        self.top_p_kernel = top_p_kernel
 
     def __call__(self, logits: Tensor, inputs: SamplingInputs) -> SamplerOutput:
         """Samples and copies the results to the host (waits for the device)."""
@@ -64,7 +73,9 @@ class Sampler:
             token_ids = greedy_ids
         else:
             is_greedy = inputs.temperature < GREEDY_TEMPERATURE
-            token_ids = torch.where(is_greedy, greedy_ids, sample_random(logits, inputs))
+            kernel = logits.is_cuda if self.top_p_kernel is None else self.top_p_kernel
+            sampled = sample_random(logits, inputs, top_p_kernel=kernel)
+            token_ids = torch.where(is_greedy, greedy_ids, sampled)
         return pack(token_ids, raw_logprobs, inputs.max_num_logprobs)
 
 
@@ -91,16 +102,17 @@ def apply_penalties(logits: Tensor, inputs: SamplingInputs) -> Tensor:
     return logits
 
 
-def sample_random(logits: Tensor, inputs: SamplingInputs) -> Tensor:
+def sample_random(logits: Tensor, inputs: SamplingInputs, top_p_kernel: bool = False) -> Tensor:
     """Temperature, top-k, top-p, min-p, then Gumbel-max. logits: float32 [B, V] -> int64 [B].
 
-    Both paths give each row the same result whatever its batch mates: top-k keeps every token
-    tied with the k-th largest (as HF and vLLM do), and the sorted path orders ties by token id.
-    Greedy rows get garbage here (the caller overwrites them) but no NaN or inf.
+    Every path gives each row the same result whatever its batch mates: top-k keeps every token
+    tied with the k-th largest (as HF and vLLM do), and top-p orders ties by token id (sorted
+    stably, or by the tie count of kernels/top_p.py with `top_p_kernel`). Greedy rows get
+    garbage here (the caller overwrites them) but no NaN or inf.
     """
     temperature = torch.where(inputs.temperature < GREEDY_TEMPERATURE, 1.0, inputs.temperature)
     scaled = logits / temperature[:, None]  # [B, V]
-    if inputs.top_p is not None:
+    if inputs.top_p is not None and not top_p_kernel:
         # Stable: ties stay in token-id order, so the top-p cut does not depend on the sort.
         values, token_ids = scaled.sort(dim=-1, descending=True, stable=True)  # [B, V]
         values = filter_sorted(values, inputs)
@@ -110,6 +122,8 @@ def sample_random(logits: Tensor, inputs: SamplingInputs) -> Tensor:
     if inputs.top_k is not None:
         top_values = scaled.topk(inputs.max_top_k, dim=-1).values  # [B, max_top_k], descending
         scaled = _mask_top_k(scaled, top_values, inputs.top_k)
+    if inputs.top_p is not None:  # the kernel path (the sorted one returned above)
+        scaled = apply_top_p_cut(scaled, *top_p_cut(scaled, inputs.top_p))
     if inputs.min_p is not None:
         scaled = _mask_min_p(scaled, scaled.amax(dim=-1, keepdim=True), inputs.min_p)
     vocab_size = scaled.shape[1]

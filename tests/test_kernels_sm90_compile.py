@@ -64,6 +64,7 @@ def _compile_all() -> list[dict]:
         rmsnorm,
         rope_kv_store,
         rotary,
+        top_p,
     )
 
     def prefill(max_q_len: int, pools: dict | None = None) -> dict:
@@ -131,6 +132,9 @@ def _compile_all() -> list[dict]:
             1,
         ),  # fmt: skip
         *_pdl_builds(),
+        _compile(top_p._top_p_cut_kernel,
+                 {"values_ptr": "*fp32", "top_p_ptr": "*fp32", "tau_ptr": "*fp32",
+                  "ties_ptr": "*i32"}, dict(BLOCK=1024), 16, 1),  # fmt: skip
     ]
 
 
@@ -174,7 +178,7 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 20
+    assert len(results) == 21
     pdl = {name: results.pop(name) for name in list(results) if name.endswith("_pdl")}
     assert len(pdl) == 6 and all(r["griddepcontrol"] for r in pdl.values()), pdl
     for r in pdl.values():  # PDL adds no spills either
