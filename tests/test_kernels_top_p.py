@@ -107,3 +107,16 @@ def test_gpu_full_vocab_kernel_path_samples_the_sorted_paths_tokens() -> None:
     sorted_ids = Sampler(top_p_kernel=False)(logits, inputs).token_ids
     kernel_ids = Sampler(top_p_kernel=True)(logits, inputs).token_ids
     assert (kernel_ids == sorted_ids).float().mean() >= 62 / 64  # float rounding at the cut
+
+
+def test_sampler_bench_runs_on_cpu(tmp_path) -> None:
+    import json
+
+    from raylight.benchmarks import sampler_bench
+
+    out = tmp_path / "sampler.json"
+    assert sampler_bench.main(["--device", "cpu", "--batch", "2", "--vocab", "64",
+                               "--out", str(out)]) == 0  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["sampling"], r["top_p_kernel"]) for r in rows} >= {("top_p", True), ("top_p", False)}
+    assert all(r["median_ms"] > 0 for r in rows)
