@@ -10,7 +10,7 @@ The kernel finds tau by a radix select over the values' 32-bit order-preserving 
 by probability: one program per row makes a softmax pass (max, sum of exps), then 8 passes of
 4 bits each; every pass sums the probability of the in-range values per 4-bit digit (16
 buckets) and keeps the lowest bucket whose mass above stays < top_p. Each pass reads the row
-once (from L2 after the first), so a 128k vocabulary costs 9 reads per row instead of a
+once (from L2 where the rows in flight fit), so a 128k vocabulary costs 9 reads per row, not a
 segmented sort of the whole batch. Sums run in fp32 in block order: a token whose mass before
 it is within float rounding of top_p may fall on either side (as with the sorted cumsum).
 
