@@ -40,9 +40,10 @@ class EngineOptions:
     # Triton linear layers for decode batches of at most 8 rows (kernels/skinny_linear.py)
     # where they beat cuBLAS. None: on CUDA only.
     skinny_linear: bool | None = None
-    # Programmatic dependent launch for the decode chain's Triton kernels (Hopper and later):
-    # each may start while the previous one finishes, the skinny linear layers reading their
-    # first weight tile before waiting. Off by default: not timed on a GPU yet.
+    # Programmatic dependent launch for the decode chain's Triton kernels (Hopper and later;
+    # ignored on older GPUs and on CPU): each may start while the previous one finishes, the
+    # skinny linear layers reading their first weight tile before waiting. Off by default: not
+    # timed on a GPU yet.
     pdl: bool = False
     # Run every step eagerly: no CUDA graphs for decode batches.
     enforce_eager: bool = False
@@ -156,7 +157,7 @@ def resolve_engine_config(
         skinny_linear=(
             device.type == "cuda" if options.skinny_linear is None else options.skinny_linear
         ),
-        pdl=options.pdl and device.type == "cuda",
+        pdl=options.pdl and _supports_pdl(device),
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
         async_scheduling=async_scheduling,
@@ -165,6 +166,11 @@ def resolve_engine_config(
 
 
 _ATTENTION_BACKENDS = ("torch", "triton")
+def _supports_pdl(device: torch.device) -> bool:
+    """Programmatic dependent launch needs Hopper (sm_90) or later; elsewhere `pdl` is off."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 _KV_CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
 
 
