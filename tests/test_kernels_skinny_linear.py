@@ -71,10 +71,21 @@ def test_config_table(tmp_path, monkeypatch) -> None:
     sk.load_table.cache_clear()
     sk.choose_config.cache_clear()
     fast = [True, 32, 256, 4, 4]
+    kernel_best = [False, 8, 512, 2, 4]
     entries = [{"n": 64, "k": 128, "m": 1, "config": fast},
-               {"n": 64, "k": 128, "m": 4, "config": None}]  # fmt: skip
+               {"n": 64, "k": 128, "m": 4, "config": None},
+               {"n": 96, "k": 128, "m": 1, "config": None,
+                "kernel_config": kernel_best}]  # fmt: skip
     sk.table_path("Fake GPU 80GB").write_text(json.dumps({"entries": entries}))
     try:
+        # Where cuBLAS won, prefer_kernel (PDL) takes the kernel's best swept setting; entries
+        # without one (older tables) keep cuBLAS.
+        assert sk.choose_config(1, 96, 128, "Fake GPU 80GB") is None
+        assert sk.choose_config(1, 96, 128, "Fake GPU 80GB", prefer_kernel=True) == SkinnyConfig(
+            *kernel_best)
+        assert sk.choose_config(2, 64, 128, "Fake GPU 80GB", prefer_kernel=True) is None
+        assert sk.choose_config(1, 64, 128, "Fake GPU 80GB", prefer_kernel=True) == SkinnyConfig(
+            *fast)
         assert sk.choose_config(1, 64, 128, "Fake GPU 80GB") == SkinnyConfig(*fast)
         assert sk.choose_config(2, 64, 128, "Fake GPU 80GB") is None
         assert sk.choose_config(8, 64, 128, "Fake GPU 80GB") is None  # above the swept M

@@ -26,7 +26,8 @@ def linear(
     """F.linear, or with `skinny` the Triton small-batch kernel where its sweep says it wins
     (launched with programmatic dependent launch if `pdl`)."""
     if skinny and x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.stride(-1) == 1:
-        config = choose_config(x.shape[0], weight.shape[0], weight.shape[1])
+        # With PDL the kernel is preferred where it was swept: cuBLAS would break the chain.
+        config = choose_config(x.shape[0], weight.shape[0], weight.shape[1], prefer_kernel=pdl)
         if config is not None:
             return skinny_linear(x, weight, bias, config, pdl=pdl)
     return F.linear(x, weight, bias)
