@@ -143,21 +143,23 @@ def apply_top_p_cut(
     return values.masked_fill(~keep, -math.inf)
 
 
-def top_p_keep_ref(values: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """The kept set by definition, in float64: bool [B, V]. Sorts each row (value descending,
-    token id ascending), keeps the tokens whose mass before them is < top_p."""
-    keep = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+def mass_before_ref(values: torch.Tensor) -> torch.Tensor:
+    """float64 [B, V]: the probability of the tokens before each token in the order (value
+    descending, token id ascending), row by row in plain Python."""
+    out = torch.zeros(values.shape, dtype=torch.float64)
     for b in range(values.shape[0]):
-        v = values[b].double()
-        if float(top_p[b]) >= 1.0:
-            keep[b] = True
-            continue
-        order = sorted(range(v.shape[0]), key=lambda i: (-float(v[i]), i))
-        probs = torch.softmax(v, dim=0)
+        v = values[b].double().cpu()
+        probs = torch.softmax(v, dim=0).tolist()
         mass = 0.0
-        for i in order:
-            if mass >= float(top_p[b]):
-                break
-            keep[b, i] = True
-            mass += float(probs[i])
-    return keep
+        for i in sorted(range(v.shape[0]), key=lambda i: (-float(v[i]), i)):
+            out[b, i] = mass
+            mass += probs[i]
+    return out
+
+
+def top_p_keep_ref(values: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """The kept set by definition: bool [B, V], the tokens whose mass before them (float64) is
+    < top_p, every token where top_p >= 1."""
+    top_p = top_p.double().cpu()[:, None]
+    keep = (mass_before_ref(values) < top_p) | (top_p >= 1.0)
+    return keep.to(values.device)

@@ -53,6 +53,14 @@ def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: i
     }
 
 
+def _stage1_consts(tiles, pdl: bool = False) -> tuple[dict, int, int]:
+    """Decode stage 1's constexprs for DecodeTiles `tiles`, then its warps and stages."""
+    consts = dict(BLOCK_G=16, BLOCK_N=tiles.block_n, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
+                  DOT_FP16=tiles.fp16_dot, V_PAIRS=tiles.fp8_v_pairs, PRECISION="tf32",
+                  NUM_STAGES=tiles.num_stages, USE_PDL=pdl)  # fmt: skip
+    return consts, tiles.num_warps, tiles.num_stages
+
+
 def _compile_all() -> list[dict]:
     import torch
 
@@ -79,22 +87,16 @@ def _compile_all() -> list[dict]:
     mid_prefill = {**prefill(1024), "name": "_prefill_kernel_mid"}
     fp8_prefill = {**prefill(4096, FP8_POOLS), "name": "_prefill_kernel_fp8"}
 
-    def stage1_consts(t: decode_attention.DecodeTiles, pdl: bool = False) -> tuple[dict, int, int]:
-        consts = dict(BLOCK_G=16, BLOCK_N=t.block_n, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
-                      DOT_FP16=t.fp16_dot, V_PAIRS=t.fp8_v_pairs, PRECISION="tf32",
-                      NUM_STAGES=t.num_stages, USE_PDL=pdl)  # fmt: skip
-        return consts, t.num_warps, t.num_stages
-
     fp8_tiles = decode_attention.DecodeTiles(fp16_dot=True)  # byte-wise V, the old FP8 default
     pairs_tiles = decode_attention.choose_tiles(torch.float8_e4m3fn)
     assert pairs_tiles.fp8_v_pairs
 
     mid = {"mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
     fp8_stage1 = {**_compile(decode_attention._decode_stage1, {**IDX, **mid, **FP8_POOLS},
-                             *stage1_consts(fp8_tiles)), "name": "_decode_stage1_fp8"}  # fmt: skip
+                             *_stage1_consts(fp8_tiles)), "name": "_decode_stage1_fp8"}  # fmt: skip
     pairs_stage1 = {**_compile(decode_attention._decode_stage1,
                                {**IDX, **mid, **FP8_POOLS, "v_ptr": "*i16"},
-                               *stage1_consts(pairs_tiles)),
+                               *_stage1_consts(pairs_tiles)),
                     "name": "_decode_stage1_fp8_v_pairs"}  # fmt: skip
     fp8_store = {**_compile(kv_store._kv_store_kernel, {"slots_ptr": "*i64", **FP8_CACHES},
                             dict(BLOCK_H=8, BLOCK_D=128, TO_FP8=True), 4, 1),
@@ -108,7 +110,7 @@ def _compile_all() -> list[dict]:
         pairs_stage1,
         fp8_store,
         _compile(decode_attention._decode_stage1, {**IDX, **mid},
-                 *stage1_consts(decode_attention.choose_tiles(torch.bfloat16))),  # fmt: skip
+                 *_stage1_consts(decode_attention.choose_tiles(torch.bfloat16))),  # fmt: skip
         _compile(decode_attention._decode_stage2, mid,
                  dict(BLOCK_S=8, BLOCK_D=128, USE_PDL=False), 4, 1),  # fmt: skip
         _compile(rmsnorm._rmsnorm_kernel, {},
@@ -152,10 +154,7 @@ def _pdl_builds() -> list[dict]:
     )
 
     mid = {"mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
-    tiles = decode_attention.choose_tiles(torch.bfloat16)
-    stage1 = dict(BLOCK_G=16, BLOCK_N=tiles.block_n, BLOCK_D=128, EVEN_D=True, DOT_FP32=False,
-                  DOT_FP16=False, V_PAIRS=False, PRECISION="tf32", NUM_STAGES=tiles.num_stages,
-                  USE_PDL=True)  # fmt: skip
+    stage1 = _stage1_consts(decode_attention.choose_tiles(torch.bfloat16), pdl=True)
     skinny = dict(HAS_BIAS=False, BLOCK_M=1, BLOCK_N=16, BLOCK_K=512, USE_DOT=False,
                   DOT_IN_FP32=False, EVEN_K=True, STAGES=3, USE_PDL=True)  # fmt: skip
     builds = [
@@ -166,8 +165,7 @@ def _pdl_builds() -> list[dict]:
          {"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "slots_ptr": "*i64"},
          dict(BLOCK_H=32, BLOCK_HALF=64, BLOCK_HV=8, BLOCK_D=128, TO_FP8=False, USE_PDL=True),
          4, 1),
-        (decode_attention._decode_stage1, {**IDX, **mid}, stage1, tiles.num_warps,
-         tiles.num_stages),
+        (decode_attention._decode_stage1, {**IDX, **mid}, *stage1),
         (decode_attention._decode_stage2, mid, dict(BLOCK_S=8, BLOCK_D=128, USE_PDL=True), 4, 1),
     ]  # fmt: skip
     return [{**_compile(*b), "name": b[0].fn.__name__ + "_pdl"} for b in builds]
