@@ -9,7 +9,9 @@ same for the prefill step of one prompt (the TTFT path) instead.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -72,13 +74,31 @@ def profile_prefill(llm: LLM, prompt_len: int, trials: int) -> dict:
     for i in range(2):  # compile and warm the prefill shapes
         one(-1 - i)
     wall = sorted(one(i) for i in range(trials))
+    host = cProfile.Profile()
+    host.enable()
+    for i in range(trials):
+        one(2 * trials + i)
+    host.disable()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for i in range(trials):
             one(trials + i)
         _sync()
     return {"prompt_len": prompt_len, "prefill_step_wall_ms": wall,
             "prefill_step_wall_ms_median": wall[len(wall) // 2],
-            "top_device_ops": _device_ops(prof, trials)}  # fmt: skip
+            "top_device_ops": _device_ops(prof, trials),
+            "top_host_functions": _host_functions(host, trials)}  # fmt: skip
+
+
+def _host_functions(host: cProfile.Profile, trials: int) -> list[dict]:
+    """Python functions by cumulative host time per prompt (cProfile over whole prompts: the
+    prefill step, then the steps that finish the request): where a wall time above the device
+    time goes."""
+    stats = pstats.Stats(host).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
+    rows = [{"function": f"{Path(f).name}:{line}({name})", "cum_ms_per_prompt": 1e3 * ct / trials,
+             "self_ms_per_prompt": 1e3 * tt / trials, "calls_per_prompt": nc / trials}
+            for (f, line, name), (_, nc, tt, ct, _) in stats.items()]  # fmt: skip
+    rows.sort(key=lambda r: -r["cum_ms_per_prompt"])
+    return rows[:40]
 
 
 def profile_batch(llm: LLM, batch: int, prompt_len: int, steps: int) -> dict:
@@ -127,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prefill {args.prompt_len}: {run['prefill_step_wall_ms_median']:.2f} ms", flush=True)
         for r in run["top_device_ops"][:15]:
             print(f"  {r['device_ms_per_step']:8.3f} ms  x{r['calls_per_step']:5.0f}  {r['name']}")
+        for r in run["top_host_functions"][:25]:
+            print(f"  host {r['cum_ms_per_prompt']:8.3f} ms cum {r['self_ms_per_prompt']:8.3f} self"
+                  f"  x{r['calls_per_prompt']:6.0f}  {r['function']}")
     for batch in [] if args.prefill else args.batches:
         run = profile_batch(llm, batch, args.prompt_len, args.steps)
         out["runs"].append(run)

@@ -4,6 +4,12 @@ With PDL a kernel's programs may start while the previous kernel on the stream i
 `pdl_wait` blocks until that kernel has finished and its writes are visible; everything before
 it may read only data no kernel of the step writes (weights). `pdl_release` lets the next kernel
 start launching its programs. Both compile to nothing when USE_PDL is false.
+
+Release only after the wait (or later): a kernel that releases before waiting lets the next
+kernel launch, which releases in turn, so a whole chain of kernels' programs can sit resident on
+the SMs waiting, taking the slots that the running kernel's later waves need. Measured on the
+H200 with every release before its wait: batch-1 TPOT 4.96 ms against 4.56 ms without PDL
+(benchmarks/results/h200-2026-12-02-latency-pdl-*.json).
 """
 
 from __future__ import annotations

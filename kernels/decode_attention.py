@@ -53,8 +53,8 @@ def _decode_stage1(
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    pdl_release(USE_PDL)
     pdl_wait(USE_PDL)
+    pdl_release(USE_PDL)  # after the wait: see kernels/_common_jit.py
     seq_len = tl.load(lens_ptr + b).to(tl.int32)
     split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * split_len
@@ -137,8 +137,8 @@ def _decode_stage2(
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
-    pdl_release(USE_PDL)
     pdl_wait(USE_PDL)
+    pdl_release(USE_PDL)  # after the wait: see kernels/_common_jit.py
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
     base = (b * num_heads + h) * num_splits

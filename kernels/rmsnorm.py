@@ -44,9 +44,9 @@ def _rmsnorm_kernel(
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
     if USE_PDL:  # the weight (never written by a step) loads before the wait
-        pdl_release(USE_PDL)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         pdl_wait(USE_PDL)
+        pdl_release(USE_PDL)  # after the wait: see kernels/_common_jit.py
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)

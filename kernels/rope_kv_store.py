@@ -37,8 +37,8 @@ def _rope_kv_store_kernel(
     BLOCK_D: tl.constexpr, TO_FP8: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     tok = tl.program_id(0).to(tl.int64)
-    pdl_release(USE_PDL)
     pdl_wait(USE_PDL)  # positions and slots may come from the previous step's kernels
+    pdl_release(USE_PDL)  # after the wait: see kernels/_common_jit.py
     slot = tl.load(slots_ptr + tok).to(tl.int64)
     cos, sin = _cos_sin(pos_ptr, cos_ptr, sin_ptr, tok, half, BLOCK_HALF)
     _rotate_heads(q_ptr, q_out_ptr, stride_qt, stride_qh, stride_qot, stride_qoh, tok, tok,

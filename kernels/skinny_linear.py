@@ -105,7 +105,6 @@ def _skinny_linear_kernel(
     if USE_PDL:
         # The first weight tile (weights are never written by a step) loads before waiting for
         # the previous kernel, so its memory latency overlaps that kernel's tail; x after.
-        pdl_release(USE_PDL)
         if EVEN_K:
             w = tl.load(w_ptrs)
         else:
@@ -130,6 +129,9 @@ def _skinny_linear_kernel(
         acc = _tile_product(acc, x, w, USE_DOT, DOT_IN_FP32)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
+    # The next kernel may launch once every program has streamed its weights (kernels/
+    # _common_jit.py: releasing earlier lets waiting programs crowd out this grid's later waves).
+    pdl_release(USE_PDL)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :]

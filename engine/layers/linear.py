@@ -49,7 +49,6 @@ class ColumnParallelLinear(nn.Module):
 
     skinny: bool = False  # set by layers.fused.use_fused_kernels
     pdl: bool = False  # likewise
-    pdl: bool = False  # likewise
 
     def __init__(
         self, in_features: int, output_sizes: list[int], bias: bool, tp: TPGroup, dtype: torch.dtype
@@ -133,6 +132,7 @@ class RowParallelLinear(nn.Module):
     """y = all_reduce(x_local W_local^T) + b, with W's columns (input features) split."""
 
     skinny: bool = False  # set by layers.fused.use_fused_kernels
+    pdl: bool = False  # likewise
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool, tp: TPGroup, dtype: torch.dtype
