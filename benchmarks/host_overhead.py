@@ -62,7 +62,7 @@ def _config(batch: int, vocab: int, max_model_len: int, device: str, graphs: boo
         gpu_memory_utilization=0.9, seed=0, kv_cache_dtype=torch.float32,
         # The stand-in model never calls attention; "triton" only makes decode graphs possible.
         attention_backend="triton" if graphs else "torch", enforce_eager=not graphs,
-        cuda_graph_max_batch=batch,
+        cuda_graph_max_batch=batch, prefill_graph_max_tokens=0,  # decode steps only here
     )  # fmt: skip
 
 

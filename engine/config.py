@@ -42,13 +42,18 @@ class EngineOptions:
     skinny_linear: bool | None = None
     # Programmatic dependent launch for the decode chain's Triton kernels (Hopper and later;
     # ignored on older GPUs and on CPU): each may start while the previous one finishes, the
-    # skinny linear layers reading their first weight tile before waiting. Off by default: not
-    # timed on a GPU yet.
+    # skinny linear layers reading their first weight tile before waiting. Off by default: on
+    # the H200 batch-1 TPOT reads 4.553 ms with it and 4.556 ms without
+    # (benchmarks/results/h200-2026-12-02-latency-pdl-release-after-wait-*.json).
     pdl: bool = False
     # Run every step eagerly: no CUDA graphs for decode batches.
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
     cuda_graph_max_batch: int = 256
+    # Prefill and mixed steps of at most this many new tokens (and at most 16 requests) replay
+    # a CUDA graph too (engine/prefill_graphs.py: an eager pass costs the host 20-30 ms); 0:
+    # such steps run eagerly.
+    prefill_graph_max_tokens: int = 2048
     # Schedule and launch each step while the one before still runs on the device (vLLM's
     # async scheduling, SGLang's overlap scheduler). None: on CUDA.
     async_scheduling: bool | None = None
@@ -88,6 +93,7 @@ class EngineConfig:
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
+    prefill_graph_max_tokens: int = 2048
     async_scheduling: bool = False
 
 
@@ -115,6 +121,8 @@ def resolve_engine_config(
         raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
     if options.cuda_graph_max_batch < 1:
         raise ValueError("cuda_graph_max_batch must be at least 1 (use enforce_eager to disable)")
+    if options.prefill_graph_max_tokens < 0:
+        raise ValueError("prefill_graph_max_tokens must be >= 0 (0: prefill steps run eagerly)")
     if arch.num_heads % options.tensor_parallel_size or (
         arch.num_kv_heads % options.tensor_parallel_size
         and options.tensor_parallel_size % arch.num_kv_heads
@@ -160,6 +168,7 @@ def resolve_engine_config(
         pdl=options.pdl and _supports_pdl(device),
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
+        prefill_graph_max_tokens=options.prefill_graph_max_tokens,
         async_scheduling=async_scheduling,
         kv_cache_dtype=_resolve_kv_cache_dtype(options.kv_cache_dtype, dtype),
     )

@@ -1,14 +1,16 @@
 """How many KV slots fit on a GPU: measured, not guessed.
 
 After the weights are loaded, the runner runs (1) the largest prefill step the scheduler can
-build (max_num_batched_tokens tokens, LM head and top-p sampling on max_num_seqs rows) and
-(2) an eager decode step at the largest CUDA-graph bucket, each on a throwaway 1-token-per-slot
-KV pool, and records the peak memory each allocates. The pool then gets
+build (max_num_batched_tokens tokens, LM head and top-p sampling on max_num_seqs rows),
+(2) an eager decode step at the largest CUDA-graph bucket and (3) the forward pass of the
+largest prefill graph (engine/prefill_graphs.py), each on a throwaway 1-token-per-slot KV pool,
+and records the peak memory each allocates. The pool then gets
 
     total * gpu_memory_utilization - memory in use now - prefill peak - graph reserve
 
-where the graph reserve (only with CUDA graphs) is the decode peak plus the graphs' outputs and
-a fixed margin: graphs keep their own memory pool, which the eager steps cannot reuse.
+where the graph reserve (only with CUDA graphs) is the decode and prefill-graph peaks plus the
+graphs' outputs and a fixed margin per pool: graphs keep their own memory pools, which the
+eager steps cannot reuse.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def profile_kv_bytes(
     backend: AttentionBackend,
     kv_heads_local: int,
     graph_max_batch: int,
+    prefill_graph_tokens: int = 0,
 ) -> MemoryProfile:
-    """Runs the profile steps on `config.device` (CUDA); graph_max_batch 0 means no graphs."""
+    """Runs the profile steps on `config.device` (CUDA); graph_max_batch 0 means no decode
+    graphs, prefill_graph_tokens 0 no prefill graphs."""
     device = config.device
     sched = config.scheduler
     tokens = min(sched.max_num_batched_tokens, sched.max_num_seqs * sched.max_model_len)
@@ -55,6 +59,11 @@ def profile_kv_bytes(
         rows = sum(bucket_sizes(graph_max_batch))
         outputs = rows * config.arch.hidden_size * config.dtype.itemsize
         reserve = decode + outputs + _GRAPH_MARGIN
+    if prefill_graph_tokens > 0:
+        graphed = _peak_bytes(device, lambda: _forward_only(config, model, backend,
+                                                            kv_heads_local, prefill_graph_tokens))
+        outputs = prefill_graph_tokens * config.arch.hidden_size * config.dtype.itemsize
+        reserve += graphed + outputs + _GRAPH_MARGIN
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     budget = total * config.gpu_memory_utilization - (total - free)
@@ -114,6 +123,16 @@ def _prefill_step(
     rows = min(sched.max_num_seqs, tokens)
     logits = model.compute_logits(hidden[-rows:])
     Sampler()(logits, _top_p_inputs(rows, config.device))
+
+
+def _forward_only(
+    config: EngineConfig, model: nn.Module, backend: AttentionBackend, kv_heads: int, tokens: int
+) -> None:
+    """One request of `tokens` tokens up to the final norm: what the largest prefill graph
+    runs (its LM head runs outside the graph, within the eager prefill peak)."""
+    ctx, positions = _scratch_ctx(config, backend, kv_heads, [tokens])
+    ids = torch.zeros(tokens, dtype=torch.int64, device=config.device)
+    model(ids, positions, ctx)
 
 
 def _decode_step(

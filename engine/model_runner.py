@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from raylight.engine.attention.backend import AttentionMetadata
@@ -24,6 +25,7 @@ from raylight.engine.layers.attention import ForwardContext
 from raylight.engine.layers.fused import use_fused_kernels
 from raylight.engine.models.registry import model_class
 from raylight.engine.parallel import TPGroup
+from raylight.engine.prefill_graphs import PrefillGraphs
 from raylight.engine.request import Request
 from raylight.engine.sampler import DeviceSample, Sampler, SamplerOutput, pack, unpack
 from raylight.engine.sampling_inputs import build_sampling_inputs, needs_only_argmax
@@ -76,7 +78,7 @@ class ModelRunner:
         given (benchmarks pass a stand-in with the same `forward` / `compute_logits`).
 
         On CUDA without `num_kv_slots`: profile steps, then the KV pool from what is left, then
-        the decode CUDA graphs (see kv_sizing.py and cuda_graphs.py)."""
+        the decode and prefill CUDA graphs (kv_sizing.py, cuda_graphs.py, prefill_graphs.py)."""
         self.config = config
         self.tp = tp
         self.device = config.device
@@ -92,9 +94,13 @@ class ModelRunner:
         self.model = model.eval()
         self.backend = make_attention_backend(config.attention_backend, pdl=config.pdl)
         graph_batch = self._graph_max_batch(tp)
+        prefill_tokens = min(config.prefill_graph_max_tokens, sched.max_num_batched_tokens)
+        prefill_tokens = prefill_tokens if graph_batch > 0 else 0
         kv_heads_local = max(1, arch.num_kv_heads // tp.size)
         self.memory_profile: MemoryProfile | None = None  # set when sized from free memory
-        slots = config.num_kv_slots or self._slots_from_free_memory(kv_heads_local, graph_batch)
+        slots = config.num_kv_slots or self._slots_from_free_memory(
+            kv_heads_local, graph_batch, prefill_tokens
+        )
         self.num_slots = tp.min_int(slots, self.device)
         shape = (self.num_slots, kv_heads_local, arch.head_dim)
         self.k_caches = [
@@ -113,9 +119,18 @@ class ModelRunner:
                                        self.req_to_token, graph_batch)  # fmt: skip
             with torch.inference_mode():
                 self.graphs.capture()
+        self.prefill_graphs: PrefillGraphs | None = None
+        if prefill_tokens > 0:
+            self.prefill_graphs = PrefillGraphs(
+                self.model, self.backend, self.k_caches, self.v_caches, self.req_to_token,
+                prefill_tokens, sched.max_num_seqs, arch.hidden_size, config.dtype,
+            )  # fmt: skip
+            with torch.inference_mode():
+                self.prefill_graphs.capture()
 
     def _graph_max_batch(self, tp: TPGroup) -> int:
-        """The largest decode batch to capture; 0 = no graphs: eager mode, not CUDA, a backend
+        """The largest decode batch to capture; 0 = no graphs (decode or prefill): eager mode,
+        not CUDA, a backend
         that cannot be captured, the Triton interpreter (it copies through the host), or tensor
         parallelism (collectives are not captured yet)."""
         c = self.config
@@ -125,11 +140,13 @@ class ModelRunner:
             return 0
         return min(c.cuda_graph_max_batch, c.scheduler.max_num_seqs)
 
-    def _slots_from_free_memory(self, kv_heads_local: int, graph_batch: int) -> int:
+    def _slots_from_free_memory(
+        self, kv_heads_local: int, graph_batch: int, prefill_tokens: int
+    ) -> int:
         arch = self.config.arch
         with torch.inference_mode():
             prof = profile_kv_bytes(self.config, self.model, self.backend, kv_heads_local,
-                                    graph_batch)  # fmt: skip
+                                    graph_batch, prefill_tokens)  # fmt: skip
         self.memory_profile = prof
         bytes_per_slot = 2 * arch.num_layers * kv_heads_local * arch.head_dim
         bytes_per_slot *= self.config.kv_cache_dtype.itemsize
@@ -176,11 +193,14 @@ class ModelRunner:
     ) -> torch.Tensor | None:
         """Runs the model; returns the logits [S, vocab] of the sampling requests (None if no
         request samples). Every tensor-parallel rank calls this with the same batch.
-        Decode-only batches within the largest bucket replay a CUDA graph unless `eager`.
+        Decode-only batches within the largest bucket replay a decode CUDA graph, other
+        batches within the prefill graphs' buckets a prefill graph, unless `eager`.
         `prev_ids`: int64 [S'] sampled ids of the step before, read at `batch.pending_lanes`
         (rank 0; the other ranks receive what they read from it)."""
         if not eager and self.graphs is not None and self.graphs.can_run(batch):
             return self._forward_graph(batch, prev_ids)
+        if not eager and self.prefill_graphs is not None and self.prefill_graphs.can_run(batch):
+            return self._forward_prefill_graph(batch, prev_ids)
         return self._forward_eager(batch, prev_ids)
 
     def _pending_ids(self, prev_rows: torch.Tensor, prev_ids: torch.Tensor | None) -> torch.Tensor:
@@ -193,20 +213,41 @@ class ModelRunner:
         return self.tp.broadcast_from_first(ids)
 
     def _forward_graph(self, batch: Batch, prev_ids: torch.Tensor | None) -> torch.Tensor:
-        b = batch
-        pending = None
-        if b.table_rows.shape[0] or b.pending_lanes.shape[0]:
-            t_rows, t_positions, t_slots, lanes, prev_rows = self.uploader.upload(
-                [b.table_rows, b.table_positions, b.table_slots, b.pending_lanes, b.pending_rows]
-            )
-            # Entries the scheduler wrote without computing them (prefix cache): before attention.
-            if b.table_rows.shape[0]:
-                write_table(self.req_to_token, t_rows, t_positions, t_slots)
-            if b.pending_lanes.shape[0]:
-                pending = (lanes, self._pending_ids(prev_rows, prev_ids))
+        pending, _ = self._graph_side_inputs(batch, prev_ids)
         assert self.graphs is not None
         hidden = self.graphs.run(batch, pending)  # [B, hidden]: every request samples, in order
         return self.model.compute_logits(hidden)
+
+    def _forward_prefill_graph(
+        self, batch: Batch, prev_ids: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        pending, (logits_idx,) = self._graph_side_inputs(batch, prev_ids, [batch.logits_indices])
+        assert self.prefill_graphs is not None
+        hidden = self.prefill_graphs.run(batch, pending)  # [T, hidden]
+        if len(batch.sample_indices) == 0:
+            return None
+        return self.model.compute_logits(hidden[logits_idx])
+
+    def _graph_side_inputs(
+        self, batch: Batch, prev_ids: torch.Tensor | None, extra: list[np.ndarray] | None = None
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[torch.Tensor]]:
+        """What a graph replay needs besides its static inputs: applies the ReqToToken entries
+        the scheduler wrote without computing them (prefix cache: before attention); returns
+        the pending lanes' (lanes, ids) or None, and the `extra` arrays on the device (one
+        upload for all)."""
+        b, extra = batch, extra or []
+        if not (b.table_rows.shape[0] or b.pending_lanes.shape[0] or extra):
+            return None, []
+        t_rows, t_positions, t_slots, lanes, prev_rows, *uploaded = self.uploader.upload(
+            [b.table_rows, b.table_positions, b.table_slots, b.pending_lanes, b.pending_rows,
+             *extra]
+        )  # fmt: skip
+        if b.table_rows.shape[0]:
+            write_table(self.req_to_token, t_rows, t_positions, t_slots)
+        pending = None
+        if b.pending_lanes.shape[0]:
+            pending = (lanes, self._pending_ids(prev_rows, prev_ids))
+        return pending, uploaded
 
     def _forward_eager(self, batch: Batch, prev_ids: torch.Tensor | None) -> torch.Tensor | None:
         b = batch

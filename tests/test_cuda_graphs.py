@@ -110,6 +110,7 @@ def test_triton_path_matches_torch_path_fp32(tiny_models: dict[str, Path], arch:
         outs.append([r.output_token_ids for r in reqs])
     assert outs[1] == outs[0]
     assert sum(r.num_cached_tokens for r in reqs) > 100
+    assert core.runner.prefill_graphs is not None and core.runner.prefill_graphs.num_replays > 5
 
 
 def test_auto_resolves_to_the_fast_path_on_cuda(tiny_models: dict[str, Path]) -> None:
@@ -127,7 +128,9 @@ def test_kv_pool_sized_from_free_memory_after_graphs(tiny_models: dict[str, Path
     assert prof.kv_bytes > 0 and prof.prefill_peak_bytes > 0
     assert runner.num_slots > 10 * 1024
     assert runner.graphs is not None and runner.graphs.max_batch == 256
-    assert 0 <= runner.graphs.pool_bytes <= prof.graph_reserve_bytes
+    assert runner.prefill_graphs is not None and runner.prefill_graphs.max_tokens == 2048
+    graph_bytes = runner.graphs.pool_bytes + runner.prefill_graphs.pool_bytes
+    assert 0 <= graph_bytes <= prof.graph_reserve_bytes
     free, total = torch.cuda.mem_get_info()
     assert free > 0.5 * total  # 0.3 of the GPU was the budget: the rest is still free
     reqs = run_to_completion(core, _prompts(20, seed=9), GREEDY)
@@ -203,3 +206,55 @@ def test_pdl_matches_plain_launches(tiny_models: dict[str, Path], dtype: str) ->
         assert core.runner.graphs is not None and core.runner.graphs.num_replays > 10
         assert_pool_empty(core)
     assert outs[1] == outs[0]
+
+
+def test_prefill_graphs_match_eager_steps(tiny_models: dict[str, Path]) -> None:
+    """Prefill and mixed steps replayed from prefill graphs (chunked prompts, prefix-cache hits,
+    decodes riding along, scheduled ahead): greedy output identical to running them eagerly,
+    and no slot leaks."""
+    prompts = _prompts(6, seed=13) + shared_prefix_prompts(256, seed=13)
+    arrivals = [0, 0, 1, 2, 3, 5] + [6 + 2 * i for i in range(8)]
+    outs = []
+    for max_tokens in (0, 2048):
+        core = _core(tiny_models["qwen3"], prefill_graph_max_tokens=max_tokens,
+                     max_num_batched_tokens=40)  # fmt: skip
+        assert (core.runner.prefill_graphs is None) == (max_tokens == 0)
+        reqs = run_to_completion(core, prompts, GREEDY, arrivals)
+        outs.append([r.output_token_ids for r in reqs])
+        assert_pool_empty(core)
+    assert outs[1] == outs[0]
+    graphs = core.runner.prefill_graphs
+    assert graphs is not None and graphs.max_tokens == 40 and graphs.num_replays > 10
+    assert sum(r.num_cached_tokens for r in reqs) > 100
+
+
+def test_prefill_graph_logits_close_to_eager_bf16(tiny_models: dict[str, Path]) -> None:
+    """Teacher-forced: every prefill or mixed batch runs through its graph and eagerly; the
+    logits agree to bf16 precision (padding tokens and requests never leak into real rows)."""
+    core = _core(tiny_models["llama"], dtype="bfloat16", max_num_batched_tokens=64)
+    graphs = core.runner.prefill_graphs
+    assert graphs is not None
+    pending = list(enumerate(_prompts(12, seed=17)))
+    checked = 0
+    while core.has_unfinished or pending:
+        for _ in range(2):  # two arrivals per step: prefills keep mixing with decodes
+            if pending:
+                i, p = pending.pop()
+                core.add(core.make_request(str(i), p, GREEDY))
+        batch = core.scheduler.schedule()
+        assert batch is not None
+        graphed = graphs.can_run(batch)
+        logits = core.runner.forward(batch)
+        logits = None if logits is None else logits.float().clone()
+        if graphed and logits is not None:
+            eager = core.runner.forward(batch, eager=True).float()
+            assert torch.isfinite(logits).all()
+            scale = eager.abs().max().item()
+            assert (logits - eager).abs().max().item() <= 0.05 * scale + 0.05
+            checked += 1
+        ids = [] if logits is None else logits.argmax(-1).tolist()
+        for d in core.scheduler.update(batch, ids, None):
+            if d.finish_reason is not None:
+                del core.requests[d.request_id]
+    assert checked >= 6
+    assert_pool_empty(core)
