@@ -46,7 +46,7 @@ class EngineOptions:
     # the H200 batch-1 TPOT reads 4.553 ms with it and 4.556 ms without
     # (benchmarks/results/h200-2026-12-02-latency-pdl-release-after-wait-*.json).
     pdl: bool = False
-    # Run every step eagerly: no CUDA graphs for decode batches.
+    # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
     cuda_graph_max_batch: int = 256
