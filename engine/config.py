@@ -46,6 +46,11 @@ class EngineOptions:
     # the H200 batch-1 TPOT reads 4.553 ms with it and 4.556 ms without
     # (benchmarks/results/h200-2026-12-02-latency-pdl-release-after-wait-*.json).
     pdl: bool = False
+    # Steps of at most 8 rows run each RMSNorm, residual add and SiLU-and-mul inside the
+    # neighbouring linear layer's Triton kernel (engine/models/llama.py forward_fused): 3 fewer
+    # launches per layer. Needs fused_kernels and skinny_linear (one rank only). Off by default:
+    # not timed on a GPU yet.
+    fuse_decode_layers: bool = False
     # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
@@ -90,6 +95,7 @@ class EngineConfig:
     fused_kernels: bool = False
     skinny_linear: bool = False
     pdl: bool = False  # only on CUDA
+    fuse_decode_layers: bool = False
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
@@ -166,6 +172,7 @@ def resolve_engine_config(
             device.type == "cuda" if options.skinny_linear is None else options.skinny_linear
         ),
         pdl=options.pdl and _supports_pdl(device),
+        fuse_decode_layers=options.fuse_decode_layers,
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
         prefill_graph_max_tokens=options.prefill_graph_max_tokens,

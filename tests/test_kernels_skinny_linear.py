@@ -131,3 +131,73 @@ def test_gpu_llama_shapes(m: int) -> None:
             torch.testing.assert_close(
                 skinny_linear(x, w, None, cfg), skinny_linear_ref(x, w), atol=2e-2, rtol=2e-2
             )
+
+
+FUSED = {
+    "norm": dict(norm=True),
+    "gated": dict(gated=True),
+    "residual": dict(residual=True),
+    "norm-gated-bias": dict(norm=True, gated=True, bias=True),
+    "norm-bias": dict(norm=True, bias=True),
+}
+
+
+def _fused_case(dtype, m: int, n: int, k: int, norm=False, gated=False, residual=False,
+                bias=False):  # fmt: skip
+    gen = torch.Generator().manual_seed(m * 5 + n + k)
+    rows = 2 * n if gated else n
+    kw = {"gated": gated}
+    x = (3 * torch.randn(m, k, generator=gen)).to(dtype)  # a residual stream, not unit scale
+    w = (torch.randn(rows, k, generator=gen) / k**0.5).to(dtype)
+    b = torch.randn(rows, generator=gen).to(dtype) if bias else None
+    if norm:
+        kw["norm_weight"] = (1 + 0.2 * torch.randn(k, generator=gen)).to(dtype)
+        kw["eps"] = 1e-5
+    if residual:
+        kw["residual"] = torch.randn(m, n, generator=gen).to(dtype)
+    return x, w, b, kw
+
+
+def _exact(x, w, b, norm_weight=None, eps=0.0, gated=False, residual=None) -> torch.Tensor:
+    """float64 from the definitions, no intermediate rounding."""
+    x = x.double()
+    if norm_weight is not None:
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm_weight.double()
+    y = x @ w.double().t() + (0 if b is None else b.double())
+    if gated:
+        gate, up = y.chunk(2, dim=-1)
+        y = F.silu(gate) * up
+    return y if residual is None else y + residual.double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k", [(1, 37, 100), (3, 64, 256), (8, 24, 1030)])
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=["fma", "dot"])
+@pytest.mark.parametrize("variant", list(FUSED))
+def test_fused_variants_match_the_unfused_ops(dtype, m, n, k, cfg, variant) -> None:
+    """Norm prologue, SiLU-and-mul and residual epilogues against the reference (the unfused
+    layers' roundings), and the reference against float64 definitions."""
+    x, w, b, kw = _fused_case(dtype, m, n, k, **FUSED[variant])
+    y = skinny_linear(x, w, b, cfg, **kw)
+    want = skinny_linear_ref(x, w, b, **kw)
+    assert y.shape == want.shape == (m, n) and y.dtype == dtype
+    scale = max(1.0, want.abs().max().item())
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert (y.float() - want.float()).abs().max().item() <= tol * scale
+    exact = _exact(x, w, b, **kw)
+    assert (want.double() - exact).abs().max().item() <= tol * scale
+
+
+def test_residual_epilogue_in_place_and_errors() -> None:
+    x, w, _, kw = _fused_case(torch.float32, 2, 40, 64, residual=True)
+    res = kw["residual"]
+    want = skinny_linear_ref(x, w, residual=res)
+    out = skinny_linear(x, w, residual=res, out=res)  # the residual stream updated in place
+    assert out is res
+    torch.testing.assert_close(res, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="even number of rows"):
+        skinny_linear(x, w[:39], gated=True)
+    with pytest.raises(ValueError, match="residual: expected shape"):
+        skinny_linear(x, w, gated=True, residual=torch.zeros(2, 40))
+    with pytest.raises(ValueError, match="norm_weight"):
+        skinny_linear(x, w, norm_weight=torch.ones(63))

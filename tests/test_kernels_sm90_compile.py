@@ -134,9 +134,37 @@ def _compile_all() -> list[dict]:
             1,
         ),  # fmt: skip
         *_pdl_builds(),
+        *_skinny_builds(),
         _compile(top_p._top_p_cut_kernel,
                  {"values_ptr": "*fp32", "top_p_ptr": "*fp32", "tau_ptr": "*fp32",
                   "ties_ptr": "*i32"}, dict(BLOCK=1024), 16, 1),  # fmt: skip
+    ]
+
+
+def _skinny_builds() -> list[dict]:
+    """The skinny linear kernel with the H200 table's batch-1 settings, plain and with the
+    decode layer's fusions (engine/layers/decode_fusion.py): qkv with the RMSNorm prologue,
+    o_proj / down_proj with the residual epilogue, gate_up with the norm and SiLU-and-mul; and
+    the tensor-core build (batch 2-8) of the gated one."""
+    from raylight.kernels import skinny_linear
+
+    def build(name: str, cfg: tuple, rows: int = 1, **fused: bool) -> dict:
+        use_dot, block_n, block_k, warps, stages = cfg
+        if fused.get("GATED"):
+            block_n, block_k = skinny_linear.gated_tiles(skinny_linear.SkinnyConfig(*cfg))
+        consts = dict(HAS_BIAS=False, BLOCK_M=16 if use_dot else rows, BLOCK_N=block_n,
+                      BLOCK_K=block_k, USE_DOT=use_dot, DOT_IN_FP32=False, EVEN_K=True,
+                      STAGES=stages, USE_PDL=False,
+                      **{"NORM": False, "GATED": False, "RESIDUAL": False, **fused})  # fmt: skip
+        built = _compile(skinny_linear._skinny_linear_kernel, {}, consts, warps, stages)
+        return {**built, "name": name}
+
+    return [
+        build("_skinny_linear_kernel", (False, 4, 1024, 2, 4)),
+        build("_skinny_qkv_norm", (False, 2, 2048, 4, 3), NORM=True),
+        build("_skinny_o_residual", (False, 8, 512, 2, 4), RESIDUAL=True),
+        build("_skinny_gate_up_norm_silu", (False, 4, 1024, 2, 4), NORM=True, GATED=True),
+        build("_skinny_gate_up_norm_silu_dot", (True, 32, 256, 4, 4), NORM=True, GATED=True),
     ]
 
 
@@ -176,7 +204,7 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 21
+    assert len(results) == 26
     pdl = {name: results.pop(name) for name in list(results) if name.endswith("_pdl")}
     assert len(pdl) == 6 and all(r["griddepcontrol"] for r in pdl.values()), pdl
     for r in pdl.values():  # PDL adds no spills either

@@ -18,13 +18,20 @@ _LINEAR = (ColumnParallelLinear, RowParallelLinear, ParallelLMHead)
 
 
 def use_fused_kernels(
-    model: nn.Module, enabled: bool, skinny_linear: bool = False, pdl: bool = False
+    model: nn.Module,
+    enabled: bool,
+    skinny_linear: bool = False,
+    pdl: bool = False,
+    fuse_decode: bool = False,
 ) -> int:
     """Sets `fused` on every fusable layer of `model`, `skinny` on every linear layer, and
     `pdl` (programmatic dependent launch of their Triton kernels) on both; returns how many
-    layers it set."""
+    layers it set. `fuse_decode` (with both kernel families on) sets `fused_decode` on models
+    that have it: their small-batch steps run norms and activations inside the linear kernels."""
     count = 0
     for module in model.modules():
+        if hasattr(type(module), "fused_decode"):
+            module.fused_decode = fuse_decode and enabled and skinny_linear
         if isinstance(module, _FUSABLE):
             module.fused = enabled
         elif isinstance(module, _LINEAR):

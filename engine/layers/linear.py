@@ -33,6 +33,33 @@ def linear(
     return F.linear(x, weight, bias)
 
 
+def fused_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pdl: bool,
+    *,
+    norm: nn.Module | None = None,
+    gated: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The small-batch kernel with the decode layer's fusions (kernels/skinny_linear.py):
+    `norm` (an RMSNorm) applied to x first, silu(gate) * up of a gated [gate | up] weight,
+    `residual` added and updated in place. One rank only (a row-parallel layer would add the
+    residual before its all-reduce); callers check `fused_linear_fits`."""
+    config = choose_config(x.shape[0], weight.shape[0], weight.shape[1], prefer_kernel=True)
+    norm_weight = None if norm is None else norm.weight
+    eps = 1e-6 if norm is None else norm.eps
+    return skinny_linear(x, weight, bias, config, pdl, norm_weight=norm_weight, eps=eps,
+                         gated=gated, residual=residual, out=residual)  # fmt: skip
+
+
+def fused_linear_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `fused_linear` takes x: a few contiguous rows in the weight's dtype."""
+    return (x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and x.stride(-1) == 1
+            and x.dtype == weight.dtype)  # fmt: skip
+
+
 def check_shape(name: str, got: torch.Tensor, expected: tuple[int, ...]) -> None:
     if tuple(got.shape) != expected:
         raise ModelDirectoryError(

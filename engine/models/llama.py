@@ -18,6 +18,8 @@ from raylight.engine.layers.linear import (
     ColumnParallelLinear,
     QKVParallelLinear,
     RowParallelLinear,
+    fused_linear,
+    fused_linear_fits,
 )
 from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.layers.rotary import RotaryEmbedding
@@ -40,10 +42,17 @@ class LlamaAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding, ctx: ForwardContext
     ) -> torch.Tensor:
-        q, k, v = self.qkv_proj.split(self.qkv_proj(x))  # q: [T, H, D]; k, v: [T, Hk, D]
+        return self.o_proj(self.attend(self.qkv_proj(x), positions, rope, ctx))
+
+    def attend(
+        self, qkv: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+        ctx: ForwardContext,
+    ) -> torch.Tensor:
+        """The projected [T, q + k + v] -> attention output [T, H * D], before o_proj."""
+        q, k, v = self.qkv_proj.split(qkv)  # q: [T, H, D]; k, v: [T, Hk, D]
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm.norm(q), self.k_norm.norm(k)
-        return self.o_proj(self.attn(q, k, v, positions, rope, ctx))
+        return self.attn(q, k, v, positions, rope, ctx)
 
 
 class LlamaMLP(nn.Module):
@@ -81,11 +90,33 @@ class LlamaDecoderLayer(nn.Module):
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
+    def forward_fused(
+        self, stream: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+        ctx: ForwardContext,
+    ) -> torch.Tensor:
+        """`forward` for a few rows with the fused small-batch kernels (engine option
+        fuse_decode_layers): `stream` [T, hidden] is the residual stream (x + residual), updated
+        in place and returned. Four linear launches and no separate norm or SiLU: each norm is
+        the prologue of the projection after it, each residual add the epilogue of o_proj and
+        down_proj, SiLU-and-mul the epilogue of gate_up."""
+        attn, mlp = self.self_attn, self.mlp
+        qkv, o, gate_up, down = attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj
+        h = fused_linear(stream, qkv.weight, qkv.bias, qkv.pdl, norm=self.input_layernorm)
+        h = attn.attend(h, positions, rope, ctx)
+        fused_linear(h, o.weight, o.bias, o.pdl, residual=stream)
+        h = fused_linear(stream, gate_up.weight, gate_up.bias, gate_up.pdl,
+                         norm=self.post_attention_layernorm, gated=True)  # fmt: skip
+        fused_linear(h, down.weight, down.bias, down.pdl, residual=stream)
+        return stream
+
 
 class LlamaForCausalLM(nn.Module):
+    fused_decode: bool = False  # set by layers.fused.use_fused_kernels (fuse_decode_layers)
+
     def __init__(self, cfg: ModelArchConfig, tp: TPGroup, dtype: torch.dtype, max_positions: int):
         super().__init__()
         self.cfg = cfg
+        self.tp_size = tp.size
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, dtype)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(cfg, i, tp, dtype) for i in range(cfg.num_layers)
@@ -101,6 +132,10 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         # input_ids, positions: [T] -> hidden states [T, hidden]
         x = self.embed_tokens(input_ids)
+        if self.fused_decode and self.tp_size == 1 and fused_linear_fits(x, self.norm.weight):
+            for layer in self.layers:
+                x = layer.forward_fused(x, positions, self.rope, ctx)
+            return self.norm(x)[0]
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, positions, self.rope, ctx)
