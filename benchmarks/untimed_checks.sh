@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# One device-machine call (about 6 minutes on an H200) for the changes of 2026-12-01 that no GPU
-# has run yet, so that each can become a default or be dropped:
-#   1. the GPU tests of programmatic dependent launch (engine option pdl) and of the top-p
-#      kernel (correctness first: both are off by default);
-#   2. benchmarks/sampler_bench.py: one sampling step, top-p sorted vs kernel, batch 1-256;
-#   3. batch-1 TTFT / TPOT on the Llama-3.1-8B-shaped model with and without pdl;
-#   4. profile_decode --prefill with the bf16 and the FP8 pool (why TTFT read 28.5-33 ms with the
-#      FP8 pool against 22.6 ms).
+# One device-machine call (about 7 minutes on an H200) for the changes of 2026-12-02 that no
+# GPU has timed yet, so that each can become a default or be dropped:
+#   1. the GPU tests (decode and prefill graphs, fused decode layers, PDL, FP8 pools);
+#   2. batch-1 TTFT / TPOT on the Llama-3.1-8B-shaped model: plain, fuse_decode_layers=true,
+#      and fuse_decode_layers with pdl;
+#   3. profile_decode at batch 1 and 8 with fuse_decode_layers (per-kernel device time);
+#   4. ShareGPT with the prefill tiles below 4k tokens as now (128 x 128, 8 warps) and as on
+#      2026-12-01's final run (128 x 64, 4 warps, 4 stages): ShareGPT read 6,309 out tok/s on
+#      2026-12-02 against 6,732 then, not because of the prefill graphs (6,311 without them).
 # Writes JSON and logs under $OUT (default ./out). MODEL_DIR defaults to /tmp/llama3-8b (made on
-# the GPU if missing, as gpu_bench.sh does).
+# the GPU if missing). Never wait on `pgrep -f <word>` where <word> is in this command line:
+# it matches the shell running it (2026-12-02 lost 400 s of device time that way).
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
@@ -17,29 +19,39 @@ export TRITON_INTERPRET=0
 mkdir -p /tmp/rl && ln -sfn "$PWD" /tmp/rl/raylight   # the checkout is the `raylight` package
 export PYTHONPATH=/tmp/rl:${PYTHONPATH:-}
 
-python3 -m pytest -q -p no:cacheprovider -o addopts="--import-mode=importlib" -m gpu \
-  tests/test_cuda_graphs.py tests/test_kernels_top_p.py -k "pdl or top_p or vocab" \
-  2>&1 | tail -8 | tee "$out/pytest_gpu.txt"
-echo "tests done after ${SECONDS} s"
-
-python3 -m raylight.benchmarks.sampler_bench --out "$out/sampler_bench.json" 2>&1 | tail -20
-echo "sampler_bench done after ${SECONDS} s"
-
 if [ ! -f "$model/config.json" ]; then
   python3 -c "import sys; from raylight.engine.modelgen.make_model import make_model; \
 make_model(None, 'llama3-8b', sys.argv[1], seed=0, dtype='bfloat16', device='cuda', \
 progress=False)" "$model" || { echo "make-model failed"; exit 1; }
 fi
-for pdl in false true; do
-  python3 -m raylight.benchmarks.gpu_bench --model "$model" --sections ceilings,latency \
-    --time-budget-s 90 --engine-opt pdl=$pdl --out "$out/latency_pdl_$pdl.json" \
-    2>&1 | grep -E "tpot_b1|ttft_1024|floor_frac" | tee -a "$out/latency.txt"
-done
+echo "model ready after ${SECONDS} s"
+
+timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="--import-mode=importlib" -m gpu \
+  tests/test_cuda_graphs.py 2>&1 | tail -8 | tee "$out/pytest_gpu.txt"
+echo "tests done after ${SECONDS} s"
+
+bench() {  # name, then gpu_bench arguments
+  local name=$1
+  shift
+  timeout 150 python3 -m raylight.benchmarks.gpu_bench --model "$model" --out "$out/$name.json" "$@" \
+    2>&1 | grep -E "tpot_b1|ttft_1024|sharegpt_out|latency trial|rror" | sed "s/^/$name: /" \
+    | tee -a "$out/summary.txt"
+}
+bench latency_plain --sections ceilings,latency --time-budget-s 90
+bench latency_fused --sections latency --time-budget-s 90 --engine-opt fuse_decode_layers=true
+bench latency_fused_pdl --sections latency --time-budget-s 90 --engine-opt fuse_decode_layers=true \
+  --engine-opt pdl=true
 echo "latency done after ${SECONDS} s"
 
-for kv in auto fp8; do
-  python3 -m raylight.benchmarks.profile_decode --model "$model" --prefill --prompt-len 1024 \
-    --steps 5 --engine-opt kv_cache_dtype=$kv --out "$out/profile_prefill_$kv.json" \
-    2>&1 | tail -16
-done
+timeout 120 python3 -m raylight.benchmarks.profile_decode --model "$model" --batches 1,8 --steps 20 \
+  --engine-opt fuse_decode_layers=true --out "$out/profile_decode_fused.json" 2>&1 | tail -28
+echo "profile done after ${SECONDS} s"
+
+bench sharegpt_tiles_now --sections sharegpt --time-budget-s 120
+cp kernels/prefill_attention.py /tmp/prefill_attention.py.orig
+sed -i 's/return (128, 64, 4, 4) if max_q_len >= 4096 else (128, 128, 8, 3)/return 128, 64, 4, 4/' \
+  kernels/prefill_attention.py
+grep -q "return 128, 64, 4, 4" kernels/prefill_attention.py && \
+  bench sharegpt_tiles_128x64 --sections sharegpt --time-budget-s 120
+cp /tmp/prefill_attention.py.orig kernels/prefill_attention.py
 echo "all done after ${SECONDS} s"
