@@ -131,9 +131,8 @@ class ModelRunner:
 
     def _graph_max_batch(self, tp: TPGroup) -> int:
         """The largest decode batch to capture; 0 = no graphs (decode or prefill): eager mode,
-        not CUDA, a backend
-        that cannot be captured, the Triton interpreter (it copies through the host), or tensor
-        parallelism (collectives are not captured yet)."""
+        not CUDA, a backend that cannot be captured, the Triton interpreter (it copies through
+        the host), or tensor parallelism (collectives are not captured yet)."""
         c = self.config
         capturable = getattr(self.backend, "supports_cuda_graphs", False)
         capturable = capturable and os.environ.get("TRITON_INTERPRET", "0") != "1"

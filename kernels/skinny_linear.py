@@ -14,6 +14,10 @@ benchmarks/skinny_sweep.py measures and writes to skinny_linear_configs/<device>
 
 Layout: x [M, K] (last dim contiguous), W [N, K] row-major (nn.Linear's layout), b [N];
 y [M, N] in x's dtype, accumulated in fp32 and rounded once, like cuBLAS.
+
+The decode layer's neighbours can run inside it (constexpr flags, one kernel): an RMSNorm of x
+as the prologue (x's sum of squares is gathered from the same loads, 1 / rms applied to the
+fp32 sums at the end), SiLU-and-mul of a [gate | up] weight and a residual add as epilogues.
 """
 
 from __future__ import annotations
@@ -277,7 +281,7 @@ def skinny_linear(
 ) -> torch.Tensor:
     """x [M, K] (M <= MAX_ROWS), weight [N, K], bias [N] or None -> y [M, N] in x's dtype.
 
-    Fused variants for the decode layer (engine/layers/decode_fusion.py), each replacing a
+    Fused variants for the decode layer (engine/models/llama.py, forward_fused), each replacing a
     kernel launch: `norm_weight` [K]: y = rmsnorm(x) W^T, x being the residual stream;
     `gated`: weight [2I, K] holds gate rows then up rows and y [M, I] = silu(gate) * up;
     `residual` [M, N]: y += residual. `out` [M, N] receives y (it may be `residual` itself).

@@ -143,7 +143,7 @@ def _compile_all() -> list[dict]:
 
 def _skinny_builds() -> list[dict]:
     """The skinny linear kernel with the H200 table's batch-1 settings, plain and with the
-    decode layer's fusions (engine/layers/decode_fusion.py): qkv with the RMSNorm prologue,
+    decode layer's fusions (engine/models/llama.py, forward_fused): qkv with the RMSNorm prologue,
     o_proj / down_proj with the residual epilogue, gate_up with the norm and SiLU-and-mul; and
     the tensor-core build (batch 2-8) of the gated one."""
     from raylight.kernels import skinny_linear
