@@ -211,14 +211,15 @@ def table_path(device_name: str) -> Path:
     return TABLE_DIR / (re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
 
 
-TableRows = list[tuple[int, SkinnyConfig | None, SkinnyConfig | None]]
+TableRows = list[tuple[int, SkinnyConfig | None, SkinnyConfig | None, SkinnyConfig | None]]
 
 
 @functools.lru_cache(maxsize=8)
 def load_table(device_name: str) -> dict[tuple[int, int], TableRows]:
     """The measured table for a device: (n, k) -> [(m, best config or None = cuBLAS, the
-    kernel's best config even where cuBLAS wins or None)] by m. Written by
-    benchmarks/skinny_sweep.py; empty when the device was never swept."""
+    kernel's best config even where cuBLAS wins or None, its best with the decode layer's
+    fusion of that shape or else the kernel's)] by m. Written by benchmarks/skinny_sweep.py;
+    empty when the device was never swept."""
     path = table_path(device_name)
     if not path.exists():
         return {}
@@ -227,7 +228,11 @@ def load_table(device_name: str) -> dict[tuple[int, int], TableRows]:
         cfg = None if entry["config"] is None else SkinnyConfig(*entry["config"])
         kernel = entry.get("kernel_config")
         kernel_cfg = cfg if kernel is None else SkinnyConfig(*kernel)
-        table.setdefault((entry["n"], entry["k"]), []).append((entry["m"], cfg, kernel_cfg))
+        fused = entry.get("fused_config")
+        fused_cfg = kernel_cfg if fused is None else SkinnyConfig(*fused)
+        table.setdefault((entry["n"], entry["k"]), []).append(
+            (entry["m"], cfg, kernel_cfg, fused_cfg)
+        )
     for rows in table.values():
         rows.sort(key=lambda r: r[0])
     return table
@@ -240,20 +245,28 @@ def _cuda_device_name() -> str:
 
 @functools.lru_cache(maxsize=1024)
 def choose_config(
-    m: int, n: int, k: int, device_name: str | None = None, prefer_kernel: bool = False
+    m: int,
+    n: int,
+    k: int,
+    device_name: str | None = None,
+    prefer_kernel: bool = False,
+    fused: bool = False,
 ) -> SkinnyConfig | None:
     """Launch settings for an [m, k] x [n, k]^T product, or None where cuBLAS is faster.
 
     From the device's swept table (the entry for the smallest swept m >= m); shapes never swept
     use the kernel at m = 1 only (where cuBLAS is weakest) with DEFAULT_CONFIG. prefer_kernel
     takes the kernel's best swept setting even where cuBLAS measured faster (a chain of Triton
-    kernels can overlap with programmatic dependent launch; cuBLAS breaks it). Cached: the
-    layers ask on every forward."""
+    kernels can overlap with programmatic dependent launch; cuBLAS breaks it); fused, its best
+    with the decode layer's fusion of that shape (skinny_sweep --fused), else as prefer_kernel.
+    Cached: the layers ask on every forward."""
     if device_name is None:
         device_name = _cuda_device_name()
-    for swept_m, cfg, kernel_cfg in load_table(device_name).get((n, k), []):
+    for swept_m, cfg, kernel_cfg, fused_cfg in load_table(device_name).get((n, k), []):
         if swept_m >= m:
-            return kernel_cfg if prefer_kernel and kernel_cfg is not None else cfg
+            if fused and fused_cfg is not None:
+                return fused_cfg
+            return kernel_cfg if (prefer_kernel or fused) and kernel_cfg is not None else cfg
     return DEFAULT_CONFIG if m == 1 else None
 
 

@@ -201,3 +201,36 @@ def test_residual_epilogue_in_place_and_errors() -> None:
         skinny_linear(x, w, gated=True, residual=torch.zeros(2, 40))
     with pytest.raises(ValueError, match="norm_weight"):
         skinny_linear(x, w, norm_weight=torch.ones(63))
+
+
+def test_fused_configs_from_the_sweep_table(tmp_path, monkeypatch) -> None:
+    """skinny_sweep --fused: make_table records each shape's best fused setting, and
+    choose_config(fused=True) takes it; without one, the kernel's best (as prefer_kernel)."""
+    from raylight.benchmarks.skinny_sweep import make_table
+
+    plain, kernel, fused = [True, 32, 256, 4, 4], [False, 8, 512, 2, 4], [False, 16, 512, 4, 3]
+    results = [
+        {"n": 64, "k": 128, "m": 1, "cublas_ms": 1.0, "fusion": [],
+         "best": {"config": plain, "ms": 0.5}},
+        {"n": 64, "k": 128, "m": 1, "cublas_ms": 1.0, "fusion": ["norm"],
+         "best": {"config": fused, "ms": 0.6}},
+        {"n": 96, "k": 128, "m": 1, "cublas_ms": 1.0, "fusion": [],
+         "best": {"config": kernel, "ms": 1.5}},
+    ]  # fmt: skip
+    table = make_table({"device": "Fake GPU 80GB", "torch": "x", "command": "c",
+                        "results": results})  # fmt: skip
+    assert len(table["entries"]) == 2
+    assert table["entries"][0]["fused_config"] == fused and table["entries"][0]["config"] == plain
+    assert "fused_config" not in table["entries"][1] and table["entries"][1]["config"] is None
+    monkeypatch.setattr(sk, "TABLE_DIR", tmp_path)
+    sk.load_table.cache_clear()
+    sk.choose_config.cache_clear()
+    sk.table_path("Fake GPU 80GB").write_text(json.dumps(table))
+    try:
+        assert sk.choose_config(1, 64, 128, "Fake GPU 80GB", fused=True) == SkinnyConfig(*fused)
+        assert sk.choose_config(1, 64, 128, "Fake GPU 80GB") == SkinnyConfig(*plain)
+        assert sk.choose_config(1, 96, 128, "Fake GPU 80GB", fused=True) == SkinnyConfig(*kernel)
+        assert sk.choose_config(1, 96, 128, "Fake GPU 80GB") is None  # cuBLAS
+    finally:
+        sk.load_table.cache_clear()
+        sk.choose_config.cache_clear()

@@ -47,7 +47,7 @@ def fused_linear(
     `norm` (an RMSNorm) applied to x first, silu(gate) * up of a gated [gate | up] weight,
     `residual` added and updated in place. One rank only (a row-parallel layer would add the
     residual before its all-reduce); callers check `fused_linear_fits`."""
-    config = choose_config(x.shape[0], weight.shape[0], weight.shape[1], prefer_kernel=True)
+    config = choose_config(x.shape[0], weight.shape[0], weight.shape[1], fused=True)
     norm_weight = None if norm is None else norm.weight
     eps = 1e-6 if norm is None else norm.eps
     return skinny_linear(x, weight, bias, config, pdl, norm_weight=norm_weight, eps=eps,
