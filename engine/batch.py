@@ -18,7 +18,8 @@ def _no_entries() -> np.ndarray:
 
 @dataclass(slots=True)
 class Batch:
-    """B requests, T new tokens, concatenated request by request with no padding.
+    """B requests, T new tokens, concatenated request by request with no padding; requests
+    with one new token (decodes) come first.
 
     `num_new[b]` tokens of request b start at position `start_pos[b]`; their K/V go to
     `out_slots[cu_seqlens_q[b]:cu_seqlens_q[b + 1]]`, already written into the host
@@ -61,6 +62,13 @@ class Batch:
     @property
     def decode_only(self) -> bool:
         return self.max_q_len == 1
+
+    @property
+    def num_leading_decodes(self) -> int:
+        """How many requests at the batch's start have exactly one new token (the scheduler
+        puts them first; from cu_seqlens_q, which every tensor-parallel rank receives)."""
+        longer = np.flatnonzero(np.diff(self.cu_seqlens_q) != 1)
+        return int(longer[0]) if longer.shape[0] else int(self.req_rows.shape[0])
 
     @property
     def sampling_requests(self) -> list[Request]:

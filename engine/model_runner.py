@@ -273,6 +273,7 @@ class ModelRunner:
             max_q_len=batch.max_q_len,
             max_kv_len=batch.max_kv_len,
             decode_only=batch.decode_only,
+            num_decodes=0 if batch.decode_only else batch.num_leading_decodes,
         )
         ctx = ForwardContext(meta, self.backend, self.k_caches, self.v_caches)
         hidden = self.model(input_ids, positions, ctx)

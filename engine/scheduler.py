@@ -120,6 +120,8 @@ class Scheduler:
             need = self._admit(plan, budget, need)
         if not plan:
             return None
+        # One-token requests first (stable): attention runs them as one decode sub-batch.
+        plan.sort(key=lambda entry: entry[1] != 1)
         return self._build_batch(plan, need)
 
     def _admit(self, plan: list[tuple[Request, int]], budget: int, need: int) -> int:

@@ -134,6 +134,66 @@ def test_backend_matches_torch_backend(q_lens: list[int], kv_lens: list[int]) ->
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("num_decodes", [0, 2, 3])
+def test_mixed_batch_split_into_decode_and_prefill_kernels(
+    num_decodes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decode rows first (as the scheduler orders them): with num_decodes they take the decode
+    kernel and the rest the prefill kernel; the output equals the torch backend's either way."""
+    import raylight.engine.attention.triton_backend as tb
+
+    decoded = []
+    decode = tb.decode_attention
+
+    def counted(q, *args, **kwargs):
+        decoded.append(q.shape[0])
+        return decode(q, *args, **kwargs)
+
+    monkeypatch.setattr(tb, "decode_attention", counted)
+    q_lens, kv_lens = [1, 1, 1, 6, 9], [9, 40, 1, 6, 25]  # the third decode is a 1-token prompt
+    torch.manual_seed(3)
+    slots, heads, kv_heads, d = 300, 4, 2, 16
+    meta = _mixed_metadata(q_lens, kv_lens, slots)
+    meta.num_decodes = num_decodes
+    t = sum(q_lens)
+    q = torch.randn(t, heads, d)
+    k, v = torch.randn(t, kv_heads, d), torch.randn(t, kv_heads, d)
+    outs = []
+    for backend in (TorchAttentionBackend(), TritonAttentionBackend()):
+        k_cache = torch.randn(slots, kv_heads, d, generator=torch.Generator().manual_seed(1))
+        v_cache = torch.randn(slots, kv_heads, d, generator=torch.Generator().manual_seed(2))
+        backend.store_kv(k, v, k_cache, v_cache, meta)
+        outs.append(backend.forward(q, k_cache, v_cache, meta, d**-0.5))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    assert decoded == ([num_decodes] if num_decodes else [])
+
+
+def test_scheduler_puts_one_token_requests_first(tiny_models: dict[str, Path]) -> None:
+    """Chunked prompts and decodes interleave in the running list; every mixed batch has its
+    one-token requests first, and the eager step hands their count to attention."""
+    options = EngineOptions(dtype="float32", max_model_len=128, max_num_seqs=4,
+                            num_kv_slots=4096, device="cpu", max_num_batched_tokens=16)  # fmt: skip
+    core = create_engine_core(tiny_models["llama"], options, progress=False)
+    prompts = _prompts(4, [40, 3, 30, 2, 25])
+    reqs = [core.make_request(str(i), p, GREEDY) for i, p in enumerate(prompts)]
+    mixed = 0
+    for step in range(40):
+        if step < len(reqs):
+            core.add(reqs[step])
+        batch = core.scheduler.schedule()
+        if batch is None:
+            break
+        ones = batch.num_new == 1
+        d = batch.num_leading_decodes
+        assert ones[:d].all() and not ones[d:].any()
+        mixed += int(0 < d < len(batch.num_new))
+        result = core.runner.execute(batch)
+        for delta in core.scheduler.update(batch, result.token_ids, result.logprobs):
+            if delta.finish_reason is not None:
+                del core.requests[delta.request_id]
+    assert mixed >= 3
+
+
 def test_attention_backend_resolution(tiny_models: dict[str, Path]) -> None:
     options = EngineOptions(max_model_len=64, device="cpu")
     core = create_engine_core(tiny_models["llama"], options, False)

@@ -28,6 +28,9 @@ class AttentionMetadata:
     max_q_len: int
     max_kv_len: int
     decode_only: bool  # every request has exactly one new token
+    # In a mixed batch, the first num_decodes requests have one new token each (the scheduler
+    # puts them first) and may take the decode kernel; 0: the whole batch takes the prefill path.
+    num_decodes: int = 0
 
 
 class AttentionBackend(Protocol):

@@ -4,9 +4,12 @@
 - decode-only batches: split-K `decode_attention`. The split count is a pure function of
   (batch, kv_heads, meta.max_kv_len, SM count), all Python ints, so a CUDA graph captured with
   `max_kv_len = max_model_len` stays correct for every real length <= max_model_len.
-- any batch with a prefill chunk (mixed prefill + decode included): `prefill_attention`, which
-  reads cached prefixes and earlier chunks through req_to_token and treats decode rows as
-  q_len = 1 requests.
+- any batch with a prefill chunk: `prefill_attention`, which reads cached prefixes and earlier
+  chunks through req_to_token. In a mixed batch the leading `meta.num_decodes` one-token
+  requests take `decode_attention` instead (eager steps: the prefill kernel would spend a
+  whole BLOCK_M-row tile of dot products on each of their single rows, over their whole
+  context); with num_decodes 0 (prefill CUDA graphs, whose grids are fixed) they are q_len = 1
+  requests of the prefill kernel.
 
 On CPU the kernels run in the Triton interpreter (TRITON_INTERPRET=1): slow, for tests only.
 """
@@ -55,7 +58,20 @@ class TritonAttentionBackend:
                 q, k_cache, v_cache, meta.req_to_token, meta.req_rows, meta.seq_lens_kv,
                 max(1, meta.max_kv_len), scale, pdl=self.pdl,
             )  # fmt: skip
+        d = meta.num_decodes
+        if d <= 0 or d >= meta.req_rows.shape[0]:
+            return prefill_attention(
+                q, k_cache, v_cache, meta.req_to_token, meta.req_rows, meta.cu_seqlens_q,
+                meta.seq_lens_kv, meta.max_q_len, scale,
+            )  # fmt: skip
+        # Decode rows are q rows 0..d-1 (request b's one token is row b); the prefill requests'
+        # cu_seqlens entries keep indexing the whole q, so both kernels write into one output.
+        out = torch.empty_like(q)
+        decode_attention(
+            q[:d], k_cache, v_cache, meta.req_to_token, meta.req_rows[:d], meta.seq_lens_kv[:d],
+            max(1, meta.max_kv_len), scale, out=out[:d], pdl=self.pdl,
+        )  # fmt: skip
         return prefill_attention(
-            q, k_cache, v_cache, meta.req_to_token, meta.req_rows, meta.cu_seqlens_q,
-            meta.seq_lens_kv, meta.max_q_len, scale,
+            q, k_cache, v_cache, meta.req_to_token, meta.req_rows[d:], meta.cu_seqlens_q[d:],
+            meta.seq_lens_kv[d:], meta.max_q_len, scale, out=out,
         )  # fmt: skip
