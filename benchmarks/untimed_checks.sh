@@ -2,12 +2,12 @@
 # One device-machine call (about 7 minutes on an H200) for the changes of 2026-12-02 that no
 # GPU has timed yet, so that each can become a default or be dropped:
 #   1. the GPU tests (decode and prefill graphs, fused decode layers, PDL, FP8 pools);
-#   2. batch-1 TTFT / TPOT on the Llama-3.1-8B-shaped model: plain, fuse_decode_layers=true,
-#      and fuse_decode_layers with pdl;
+#   2. batch-1 TTFT / TPOT on the Llama-3.1-8B-shaped model: plain and fuse_decode_layers=true;
 #   3. profile_decode at batch 1 and 8 with fuse_decode_layers (per-kernel device time);
-#   4. ShareGPT with the prefill tiles below 4k tokens as now (128 x 128, 8 warps) and as on
-#      2026-12-01's final run (128 x 64, 4 warps, 4 stages): ShareGPT read 6,309 out tok/s on
-#      2026-12-02 against 6,732 then, not because of the prefill graphs (6,311 without them).
+#   4. ShareGPT three ways: as committed (mixed batches split into decode + prefill kernels,
+#      prefill tiles below 4k tokens 128 x 128 / 8 warps); without the split (every row through
+#      the prefill kernel, as on 2026-12-02's 6,309 out tok/s); with the split and 2026-12-01's
+#      tiles (128 x 64, 4 warps, 4 stages; 6,732 out tok/s then, without the split).
 # Writes JSON and logs under $OUT (default ./out). MODEL_DIR defaults to /tmp/llama3-8b (made on
 # the GPU if missing). Never wait on `pgrep -f <word>` where <word> is in this command line:
 # it matches the shell running it (2026-12-02 lost 400 s of device time that way).
@@ -39,15 +39,19 @@ bench() {  # name, then gpu_bench arguments
 }
 bench latency_plain --sections ceilings,latency --time-budget-s 90
 bench latency_fused --sections latency --time-budget-s 90 --engine-opt fuse_decode_layers=true
-bench latency_fused_pdl --sections latency --time-budget-s 90 --engine-opt fuse_decode_layers=true \
-  --engine-opt pdl=true
 echo "latency done after ${SECONDS} s"
 
 timeout 120 python3 -m raylight.benchmarks.profile_decode --model "$model" --batches 1,8 --steps 20 \
   --engine-opt fuse_decode_layers=true --out "$out/profile_decode_fused.json" 2>&1 | tail -28
 echo "profile done after ${SECONDS} s"
 
-bench sharegpt_tiles_now --sections sharegpt --time-budget-s 120
+bench sharegpt_now --sections sharegpt --time-budget-s 120
+cp engine/model_runner.py /tmp/model_runner.py.orig
+sed -i 's/num_decodes=0 if batch.decode_only else batch.num_leading_decodes/num_decodes=0/' \
+  engine/model_runner.py
+grep -q "num_decodes=0,$" engine/model_runner.py && \
+  bench sharegpt_no_split --sections sharegpt --time-budget-s 120
+cp /tmp/model_runner.py.orig engine/model_runner.py
 cp kernels/prefill_attention.py /tmp/prefill_attention.py.orig
 sed -i 's/return (128, 64, 4, 4) if max_q_len >= 4096 else (128, 128, 8, 3)/return 128, 64, 4, 4/' \
   kernels/prefill_attention.py
