@@ -71,7 +71,11 @@ class TritonAttentionBackend:
             q[:d], k_cache, v_cache, meta.req_to_token, meta.req_rows[:d], meta.seq_lens_kv[:d],
             max(1, meta.max_kv_len), scale, out=out[:d], pdl=self.pdl,
         )  # fmt: skip
+        rows, cu, lens = meta.req_rows[d:], meta.cu_seqlens_q[d:], meta.seq_lens_kv[d:]
+        if d % 2:  # views at odd int64 offsets would compile a second kernel variant (Triton
+            # specializes on 16-byte pointer alignment; engine/host_to_device.py): copies
+            rows, cu, lens = rows.clone(), cu.clone(), lens.clone()
         return prefill_attention(
-            q, k_cache, v_cache, meta.req_to_token, meta.req_rows[d:], meta.cu_seqlens_q[d:],
-            meta.seq_lens_kv[d:], meta.max_q_len, scale, out=out,
+            q, k_cache, v_cache, meta.req_to_token, rows, cu, lens, meta.max_q_len, scale,
+            out=out,
         )  # fmt: skip
