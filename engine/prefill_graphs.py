@@ -9,16 +9,24 @@ process to the next for the same 21 ms of device work.
 
 One graph per (request bucket, token bucket), all sharing one memory pool and one set of static
 inputs. A batch of B requests and T new tokens that is not decode-only replays the smallest
-graph with B' >= B requests and T' >= T tokens. Padding:
+graph with R >= B requests and T' >= T tokens. Its D leading one-token requests (the scheduler
+puts them first) and its P = B - D others are laid out as 2R attention requests, so that the
+decode kernel takes the first R and the prefill kernel the last R (num_decodes = R; with R = 1
+there is no decode lane: a one-request batch that is not decode-only has none):
+- decode lanes 0..R-1: lane i < D is request i (q row i); lanes D..R-1 are empty (q_len 0,
+  seq_len 0, row 0): the decode kernel writes zeros to their q rows, which belong to the
+  prefill requests (or to padding) and which the prefill kernel, launched after, overwrites;
+- prefill lanes R..2R-1: requests D..B-1, then empty lanes (q_len 0: cu_seqlens repeats T)
+  whose programs exit at once;
 - tokens T..T'-1: id 0, position 0, ReqToToken row 0, slot 0. They belong to no request, so
-  attention neither reads them nor computes them; they write their K/V to the dummy slot 0 and
-  their ReqToToken entry to row 0 (both never handed out). Their hidden rows are garbage, and
-  every layer is row-wise, so it stays in those rows; the LM head reads rows < T only.
-- requests B..B'-1: q_len 0 (cu_seqlens repeats T), seq_len 0, row 0: the attention kernel's
-  programs for them exit at once.
-Baked into a graph: B', T', max_q_len = T' (the attention kernel's grid and tiles), addresses.
-Everything that changes per step lives in the static input buffers. The graph ends at the
-final norm, copied into one output buffer shared by all graphs; the LM head runs eagerly.
+  attention reads nothing of them and computes nothing for them; they write their K/V to the
+  dummy slot 0 and their ReqToToken entry to row 0 (both never handed out). Their hidden rows
+  are garbage, and every layer is row-wise, so it stays in those rows; the LM head reads rows
+  < T only.
+Baked into a graph: R, T', max_q_len = T' (the prefill kernel's grid and tiles), the decode
+kernel's split count (from max_model_len, as the decode graphs), addresses. Everything that
+changes per step lives in the static input buffers. The graph ends at the final norm, copied
+into one output buffer shared by all graphs; the LM head runs eagerly.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from raylight.engine.batch import Batch
 from raylight.engine.cuda_graphs import write_table
 from raylight.engine.layers.attention import ForwardContext
 
-# Rows of the static token buffer [4, max_tokens] and of the request buffer [3, max_reqs + 1].
+# Rows of the static token buffer [4, max_tokens] and of the request buffer
+# [3, 2 * max_reqs + 1] (2R attention requests: R decode lanes, then R prefill lanes).
 _IDS, _POS, _SLOTS, _TOKEN_ROWS = range(4)
 _CU, _LENS, _REQ_ROWS = range(3)
 MAX_REQUESTS = 16  # mixed steps with more requests (many decodes riding along) run eagerly
@@ -84,7 +93,7 @@ class PrefillGraphs:
         self.max_tokens, self.max_reqs = self.token_sizes[-1], self.req_sizes[-1]
         device = req_to_token.device
         # Even row widths: every row starts 16-byte aligned (host_to_device.py says why).
-        t, r = (self.max_tokens + 1) // 2 * 2, (self.max_reqs + 2) // 2 * 2
+        t, r = (self.max_tokens + 1) // 2 * 2, 2 * self.max_reqs + 2
         self._host = torch.zeros(4 * t + 3 * r, dtype=torch.int64, pin_memory=True)
         host_np = self._host.numpy()
         self._host_tok = host_np[: 4 * t].reshape(4, t)
@@ -163,27 +172,38 @@ class PrefillGraphs:
         self._out[:tokens].copy_(hidden)
 
 
+def decode_lanes(reqs: int) -> int:
+    """Decode lanes of the graph for `reqs` requests (module doc)."""
+    return reqs if reqs > 1 else 0
+
+
 def fill_inputs(
     tok: np.ndarray, req: np.ndarray, batch: Batch | None, reqs: int, tokens: int
 ) -> None:
-    """Writes `batch` (None: no request) and its padding up to the (reqs, tokens) graph into
-    the host buffers tok int64 [4, >= tokens] and req int64 [3, >= reqs + 1] (module doc)."""
+    """Writes `batch` (None: no request) and its padding, laid out for the (reqs, tokens)
+    graph (module doc), into the host buffers tok int64 [4, >= tokens] and req int64
+    [3, >= 2 * reqs + 1]."""
+    lanes = decode_lanes(reqs)
     b = 0 if batch is None else batch.req_rows.shape[0]
     t = 0 if batch is None else batch.num_tokens
-    if batch is not None:
-        tok[_IDS, :t] = batch.input_ids
-        tok[_POS, :t] = batch.positions
-        tok[_SLOTS, :t] = batch.out_slots
-        tok[_TOKEN_ROWS, :t] = batch.token_rows
-        req[_CU, : b + 1] = batch.cu_seqlens_q
-        req[_LENS, :b] = batch.seq_lens_kv
-        req[_REQ_ROWS, :b] = batch.req_rows
-    else:
-        req[_CU, 0] = 0
+    d = 0 if batch is None or not lanes else batch.num_leading_decodes
+    p = b - d
     tok[:, t:tokens] = 0
-    req[_CU, b + 1 : reqs + 1] = t
-    req[_LENS, b:reqs] = 0
-    req[_REQ_ROWS, b:reqs] = 0
+    req[:, : lanes + reqs + 1] = 0
+    cu = req[_CU]
+    cu[: d + 1] = np.arange(d + 1)  # decode lane i: q row i
+    cu[d + 1 : lanes + 1] = d  # empty decode lanes
+    cu[lanes + p + 1 : lanes + reqs + 1] = t  # empty prefill lanes
+    if batch is None:
+        return
+    tok[_IDS, :t] = batch.input_ids
+    tok[_POS, :t] = batch.positions
+    tok[_SLOTS, :t] = batch.out_slots
+    tok[_TOKEN_ROWS, :t] = batch.token_rows
+    cu[lanes : lanes + p + 1] = batch.cu_seqlens_q[d:]
+    for lane, first, count in ((0, 0, d), (lanes, d, p)):
+        req[_LENS, lane : lane + count] = batch.seq_lens_kv[first : first + count]
+        req[_REQ_ROWS, lane : lane + count] = batch.req_rows[first : first + count]
 
 
 def forward_padded(
@@ -198,19 +218,22 @@ def forward_padded(
     tokens: int,
 ) -> torch.Tensor:
     """The ReqToToken writes of the new tokens, then the model up to its final norm, on the
-    first `tokens` lanes of tok int64 [4, >= tokens] and the first `reqs` requests of req int64
-    [3, >= reqs + 1] (laid out by `fill_inputs`) -> hidden [tokens, hidden]. What a prefill
-    graph captures; tests run it eagerly on the CPU."""
+    first `tokens` lanes of tok int64 [4, >= tokens] and the decode and prefill lanes of
+    req int64 [3, >= 2 * reqs + 1] (laid out by `fill_inputs`) -> hidden [tokens, hidden].
+    What a prefill graph captures; tests run it eagerly on the CPU (Triton backend: the
+    decode lanes' zeros must come before the prefill kernel's rows)."""
     ids, pos, slots, token_rows = (tok[i, :tokens] for i in range(4))
     write_table(req_to_token, token_rows, pos, slots)
+    n = decode_lanes(reqs) + reqs  # attention requests
     meta = AttentionMetadata(
-        cu_seqlens_q=req[_CU, : reqs + 1],
-        seq_lens_kv=req[_LENS, :reqs],
-        req_rows=req[_REQ_ROWS, :reqs],
+        cu_seqlens_q=req[_CU, : n + 1],
+        seq_lens_kv=req[_LENS, :n],
+        req_rows=req[_REQ_ROWS, :n],
         req_to_token=req_to_token,
         out_slots=slots,
         max_q_len=tokens,
         max_kv_len=req_to_token.shape[1],
         decode_only=False,
+        num_decodes=decode_lanes(reqs),
     )
     return model(ids, pos, ForwardContext(meta, backend, k_caches, v_caches))

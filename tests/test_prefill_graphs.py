@@ -51,14 +51,31 @@ def _core(model: Path, **opts: object):
 
 
 def _expected_buffers(batch, reqs: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """The layout written out from the module's rules, one field at a time."""
+    """The layout written out from the module's rules, lane by lane."""
     b, t = len(batch.req_rows), batch.num_tokens
+    q_lens = np.diff(batch.cu_seqlens_q)
+    d = int(np.argmax(q_lens != 1)) if (q_lens != 1).any() else b
+    lanes_d = reqs if reqs > 1 else 0  # no decode lane for one request
+    d = d if lanes_d else 0
     tok = np.zeros((4, tokens), dtype=np.int64)
     tok[0, :t], tok[1, :t] = batch.input_ids, batch.positions
     tok[2, :t], tok[3, :t] = batch.out_slots, batch.token_rows
-    req = np.zeros((3, reqs + 1), dtype=np.int64)
-    req[0] = [int(batch.cu_seqlens_q[min(i, b)]) for i in range(reqs + 1)]
-    req[1, :b], req[2, :b] = batch.seq_lens_kv, batch.req_rows
+    lanes = []  # (q_start, q_len, seq_len, row) of the 2 * reqs attention requests
+    for i in range(lanes_d):
+        lanes.append((i, 1, batch.seq_lens_kv[i], batch.req_rows[i]) if i < d else (d, 0, 0, 0))
+    for i in range(d, d + reqs):
+        if i < b:
+            start = batch.cu_seqlens_q[i]
+            lanes.append((start, q_lens[i], batch.seq_lens_kv[i], batch.req_rows[i]))
+        else:
+            lanes.append((t, 0, 0, 0))
+    req = np.zeros((3, len(lanes) + 1), dtype=np.int64)
+    req[0, :-1] = [lane[0] for lane in lanes]
+    req[0, -1] = t
+    req[1, :-1] = [lane[2] for lane in lanes]
+    req[2, :-1] = [lane[3] for lane in lanes]
+    # every lane's q rows run from its cu entry to the next one
+    assert all(req[0, i + 1] - req[0, i] == lanes[i][1] for i in range(len(lanes)))
     return tok, req
 
 
@@ -68,23 +85,53 @@ def test_fill_inputs_pads_and_overwrites_a_previous_fill(tiny_models: dict[str, 
     for i, n in enumerate((30, 5, 17)):
         prompt = [rng.randrange(200) for _ in range(n)]
         core.add(core.make_request(str(i), prompt, SamplingParams(max_tokens=3)))
-    batch = core.scheduler.schedule()
-    assert batch is not None and len(batch.req_rows) == 3 and batch.num_tokens == 52
+    first = core.scheduler.schedule()
+    assert first is not None and len(first.req_rows) == 3 and first.num_tokens == 52
     tok = np.full((4, 70), 99, dtype=np.int64)  # stale values from a bigger step
-    req = np.full((3, 10), 99, dtype=np.int64)
-    fill_inputs(tok, req, batch, 4, 64)
-    want_tok, want_req = _expected_buffers(batch, 4, 64)
-    np.testing.assert_array_equal(tok[:, :64], want_tok)
-    np.testing.assert_array_equal(req[0, :5], want_req[0])  # cu_seqlens: reqs + 1 entries
-    np.testing.assert_array_equal(req[1:, :4], want_req[1:, :4])  # lens, rows: reqs entries
-    fill_inputs(tok, req, None, 8, 70)  # capture: padding only
-    assert not tok.any() and not req[0, :9].any() and not req[1:, :8].any()
+    req = np.full((3, 40), 99, dtype=np.int64)
+    mixed = _mixed_batch(core, first)
+    for batch, reqs in ((first, 4), (mixed, 4), (mixed, 16)):
+        fill_inputs(tok, req, batch, reqs, 64)
+        want_tok, want_req = _expected_buffers(batch, reqs, 64)
+        np.testing.assert_array_equal(tok[:, :64], want_tok)
+        np.testing.assert_array_equal(req[:, : 2 * reqs + 1], want_req)
+    one = _single_prompt_batch(core, mixed)
+    fill_inputs(tok, req, one, 1, 16)  # one request: prefill lane only
+    np.testing.assert_array_equal(req[:, :2], _expected_buffers(one, 1, 16)[1])
+    np.testing.assert_array_equal(req[0, :2], [0, one.num_tokens])
+    fill_inputs(tok, req, None, 16, 70)  # capture: padding only
+    assert not tok.any() and not req[:, :33].any()
+
+
+def _single_prompt_batch(core, outstanding):
+    """After `outstanding` and every earlier request finish, one new prompt alone."""
+    batch = outstanding
+    while batch is not None:
+        result = core.runner.execute(batch)
+        for delta in core.scheduler.update(batch, result.token_ids, result.logprobs):
+            if delta.finish_reason is not None:
+                del core.requests[delta.request_id]
+        batch = core.scheduler.schedule()
+    core.add(core.make_request("alone", list(range(20, 31)), SamplingParams(max_tokens=3)))
+    batch = core.scheduler.schedule()
+    assert batch is not None and len(batch.req_rows) == 1 and batch.num_tokens == 11
+    return batch
+
+
+def _mixed_batch(core, previous):
+    """The step after `previous` with one more prompt: its decodes come first."""
+    result = core.runner.execute(previous)
+    core.scheduler.update(previous, result.token_ids, result.logprobs)
+    core.add(core.make_request("late", list(range(10, 19)), SamplingParams(max_tokens=3)))
+    batch = core.scheduler.schedule()
+    assert batch is not None and batch.num_leading_decodes == 3 and len(batch.req_rows) == 4
+    return batch
 
 
 def _padded_logits(core, batch, reqs: int, tokens: int) -> torch.Tensor:
     runner = core.runner
     tok = np.zeros((4, tokens), dtype=np.int64)
-    req = np.zeros((3, reqs + 1), dtype=np.int64)
+    req = np.zeros((3, 2 * reqs + 1), dtype=np.int64)
     fill_inputs(tok, req, batch, reqs, tokens)
     hidden = forward_padded(runner.model, runner.backend, runner.k_caches, runner.v_caches,
                             runner.req_to_token, torch.from_numpy(tok), torch.from_numpy(req),
@@ -111,10 +158,11 @@ def test_padded_forward_matches_the_unpadded_step(tiny_models: dict[str, Path]) 
         want = core.runner.forward(batch, eager=True)
         if not batch.decode_only:
             b, t = len(batch.req_rows), batch.num_tokens
-            reqs, tokens = b + 1, next(s for s in token_buckets(256) if s >= t + 1)
+            tokens = next(s for s in token_buckets(256) if s >= t + 1)
             # Entries the scheduler wrote for cached prefixes were applied by the eager step.
-            got = _padded_logits(core, batch, reqs, tokens)
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            for reqs in (1, 2) if b == 1 else (b + 1,):  # one request: no decode lane
+                got = _padded_logits(core, batch, reqs, tokens)
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
             checked += 1
             mixed += int((batch.num_new == 1).any())
         ids = want.argmax(-1).tolist()
