@@ -5,9 +5,10 @@
 #   2. batch-1 TTFT / TPOT on the Llama-3.1-8B-shaped model: plain and fuse_decode_layers=true;
 #   3. profile_decode at batch 1 and 8 with fuse_decode_layers (per-kernel device time);
 #   4. ShareGPT three ways: as committed (mixed batches split into decode + prefill kernels,
-#      prefill tiles below 4k tokens 128 x 128 / 8 warps); without the split (every row through
-#      the prefill kernel, as on 2026-12-02's 6,309 out tok/s); with the split and 2026-12-01's
-#      tiles (128 x 64, 4 warps, 4 stages; 6,732 out tok/s then, without the split).
+#      prefill tiles below 4k tokens 128 x 128 / 8 warps); without the split in eager steps
+#      (every row through the prefill kernel, as on 2026-12-02's 6,309 out tok/s; prefill graphs
+#      still split); with the split and 2026-12-01's tiles (128 x 64, 4 warps, 4 stages; 6,732
+#      out tok/s then, without the split).
 # Writes JSON and logs under $OUT (default ./out). MODEL_DIR defaults to /tmp/llama3-8b (made on
 # the GPU if missing). Never wait on `pgrep -f <word>` where <word> is in this command line:
 # it matches the shell running it (2026-12-02 lost 400 s of device time that way).
