@@ -30,6 +30,8 @@ class AttentionMetadata:
     decode_only: bool  # every request has exactly one new token
     # In a mixed batch, the first num_decodes requests have one new token each (the scheduler
     # puts them first) and may take the decode kernel; 0: the whole batch takes the prefill path.
+    # (In a prefill graph some of them are empty lanes: q_len 0, seq_len 0, their q row owned by
+    # a later request; engine/prefill_graphs.py.)
     num_decodes: int = 0
 
 

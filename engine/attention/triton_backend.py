@@ -6,10 +6,11 @@
   `max_kv_len = max_model_len` stays correct for every real length <= max_model_len.
 - any batch with a prefill chunk: `prefill_attention`, which reads cached prefixes and earlier
   chunks through req_to_token. In a mixed batch the leading `meta.num_decodes` one-token
-  requests take `decode_attention` instead (eager steps: the prefill kernel would spend a
-  whole BLOCK_M-row tile of dot products on each of their single rows, over their whole
-  context); with num_decodes 0 (prefill CUDA graphs, whose grids are fixed) they are q_len = 1
-  requests of the prefill kernel.
+  requests take `decode_attention` instead (the prefill kernel would spend a whole
+  BLOCK_M-row tile of dot products on each of their single rows, over their whole context);
+  decode first, so that a prefill graph's empty decode lanes (engine/prefill_graphs.py) write
+  their zero rows before the prefill kernel writes those rows. With num_decodes 0 every row
+  takes the prefill kernel (one-token requests as q_len = 1 requests).
 
 On CPU the kernels run in the Triton interpreter (TRITON_INTERPRET=1): slow, for tests only.
 """
