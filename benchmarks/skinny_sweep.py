@@ -1,6 +1,6 @@
 """Launch-setting sweep of the small-batch linear kernel against cuBLAS on a GPU, over the
 Llama-3.1-8B decode shapes: which settings stream the weights closest to the copy bandwidth
-measured in the same run. Used to set kernels/skinny_linear.choose_config.
+measured in the same run. Used to set kernels/skinny_linear_table.choose_config.
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.skinny_sweep [--rows 1,2,4,8] [--out FILE]
         [--fused] [--write-table]
@@ -27,12 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from raylight.benchmarks.gpu_bench_device import copy_bandwidth, median_ms
-from raylight.kernels.skinny_linear import (
-    SkinnyConfig,
-    skinny_linear,
-    skinny_linear_ref,
-    table_path,
-)
+from raylight.kernels.skinny_linear import skinny_linear, skinny_linear_ref
+from raylight.kernels.skinny_linear_table import SkinnyConfig, table_path
 
 # (name, N, K) of one Llama-3.1-8B layer's linear layers and the LM head; count per step.
 SHAPES = [("qkv", 6144, 4096, 32), ("o", 4096, 4096, 32), ("gate_up", 28672, 4096, 32),
@@ -165,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def make_table(report: dict) -> dict:
-    """The table kernels/skinny_linear.load_table reads: per plain row its best setting or
+    """The table kernels/skinny_linear_table.load_table reads: per plain row its best setting or
     null (cuBLAS), the kernel's best, and from a fused row of the same shape and M (--fused)
     the best setting with its fusion."""
     fused = {(r["n"], r["k"], r["m"]): r["best"] for r in report["results"]

@@ -7,8 +7,9 @@ stays about 8-10% under the copy bandwidth (GPU.md); this kernel gives each prog
 BLOCK_N output features, walks K in BLOCK_K chunks with software-pipelined loads, and reduces
 at the end.
 
-Two inner products, chosen per device, shape and M by `choose_config` from a table that
-benchmarks/skinny_sweep.py measures and writes to skinny_linear_configs/<device>.json:
+Two inner products, chosen per device, shape and M by `choose_config` (skinny_linear_table.py)
+from a table that benchmarks/skinny_sweep.py measures and writes to
+skinny_linear_configs/<device>.json:
 - "fma": x and the W tile multiplied elementwise in fp32 and summed over K (no tensor cores).
 - "dot": `tl.dot` with x padded to 16 rows (tensor cores; the padding costs nothing here).
 
@@ -21,12 +22,6 @@ fp32 sums at the end), SiLU-and-mul of a [gate | up] weight and a residual add a
 """
 
 from __future__ import annotations
-
-import functools
-import json
-import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -46,17 +41,14 @@ from raylight.kernels._common import (
 from raylight.kernels._common_jit import pdl_release, pdl_wait
 from raylight.kernels.activation import silu_and_mul_ref
 from raylight.kernels.rmsnorm import rmsnorm_ref
+from raylight.kernels.skinny_linear_table import (
+    DEFAULT_CONFIG,
+    SkinnyConfig,
+    choose_config,
+    gated_tiles,
+)
 
 MAX_ROWS = 8  # beyond this, the layers call cuBLAS (compute starts to matter)
-
-
-@dataclass(frozen=True, slots=True)
-class SkinnyConfig:
-    use_dot: bool
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
 
 
 @triton.jit
@@ -201,82 +193,6 @@ def _skinny_linear_kernel(
         acc = acc.to(y_ptr.dtype.element_ty).to(tl.float32) + res.to(tl.float32)
     y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
-
-
-DEFAULT_CONFIG = SkinnyConfig(use_dot=False, block_n=16, block_k=512, num_warps=4, num_stages=3)
-TABLE_DIR = Path(__file__).parent / "skinny_linear_configs"
-
-
-def table_path(device_name: str) -> Path:
-    return TABLE_DIR / (re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
-
-
-TableRows = list[tuple[int, SkinnyConfig | None, SkinnyConfig | None, SkinnyConfig | None]]
-
-
-@functools.lru_cache(maxsize=8)
-def load_table(device_name: str) -> dict[tuple[int, int], TableRows]:
-    """The measured table for a device: (n, k) -> [(m, best config or None = cuBLAS, the
-    kernel's best config even where cuBLAS wins or None, its best with the decode layer's
-    fusion of that shape or else the kernel's)] by m. Written by benchmarks/skinny_sweep.py;
-    empty when the device was never swept."""
-    path = table_path(device_name)
-    if not path.exists():
-        return {}
-    table: dict[tuple[int, int], TableRows] = {}
-    for entry in json.loads(path.read_text())["entries"]:
-        cfg = None if entry["config"] is None else SkinnyConfig(*entry["config"])
-        kernel = entry.get("kernel_config")
-        kernel_cfg = cfg if kernel is None else SkinnyConfig(*kernel)
-        fused = entry.get("fused_config")
-        fused_cfg = kernel_cfg if fused is None else SkinnyConfig(*fused)
-        table.setdefault((entry["n"], entry["k"]), []).append(
-            (entry["m"], cfg, kernel_cfg, fused_cfg)
-        )
-    for rows in table.values():
-        rows.sort(key=lambda r: r[0])
-    return table
-
-
-@functools.lru_cache(maxsize=4)
-def _cuda_device_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-
-
-@functools.lru_cache(maxsize=1024)
-def choose_config(
-    m: int,
-    n: int,
-    k: int,
-    device_name: str | None = None,
-    prefer_kernel: bool = False,
-    fused: bool = False,
-) -> SkinnyConfig | None:
-    """Launch settings for an [m, k] x [n, k]^T product, or None where cuBLAS is faster.
-
-    From the device's swept table (the entry for the smallest swept m >= m); shapes never swept
-    use the kernel at m = 1 only (where cuBLAS is weakest) with DEFAULT_CONFIG. prefer_kernel
-    takes the kernel's best swept setting even where cuBLAS measured faster (a chain of Triton
-    kernels can overlap with programmatic dependent launch; cuBLAS breaks it); fused, its best
-    with the decode layer's fusion of that shape (skinny_sweep --fused), else as prefer_kernel.
-    Cached: the layers ask on every forward."""
-    if device_name is None:
-        device_name = _cuda_device_name()
-    for swept_m, cfg, kernel_cfg, fused_cfg in load_table(device_name).get((n, k), []):
-        if swept_m >= m:
-            if fused and fused_cfg is not None:
-                return fused_cfg
-            return kernel_cfg if (prefer_kernel or fused) and kernel_cfg is not None else cfg
-    return DEFAULT_CONFIG if m == 1 else None
-
-
-def gated_tiles(cfg: SkinnyConfig) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_K) of a gated launch with the swept `cfg` of its [2I, K] weight: a
-    program reads gate and up rows, so half the outputs keep the swept bytes per program; with
-    tensor cores half the K step too (two accumulators and tiles: 255 registers and a spill
-    at 32 x 256, checked by tests/test_kernels_sm90_compile.py)."""
-    block_k = max(16, cfg.block_k // 2) if cfg.use_dot else cfg.block_k
-    return max(2, cfg.block_n // 2), block_k
 
 
 def skinny_linear(

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import raylight.kernels.skinny_linear as sk
+import raylight.kernels.skinny_linear_table as sk
 from raylight.engine.layers.linear import linear
 from raylight.kernels.skinny_linear import SkinnyConfig, skinny_linear, skinny_linear_ref
 

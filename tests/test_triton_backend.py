@@ -120,9 +120,14 @@ def _mixed_metadata(q_lens: list[int], kv_lens: list[int], slots: int) -> Attent
 def test_backend_matches_torch_backend(q_lens: list[int], kv_lens: list[int]) -> None:
     """store_kv + forward on one mixed (prefill chunk + decode) and one decode-only batch, GQA."""
     torch.manual_seed(0)
-    slots, heads, kv_heads, d = 300, 4, 2, 16
-    meta = _mixed_metadata(q_lens, kv_lens, slots)
-    t = sum(q_lens)
+    _assert_backends_agree(_mixed_metadata(q_lens, kv_lens, 300), 300)
+
+
+def _assert_backends_agree(meta: AttentionMetadata, slots: int) -> None:
+    """store_kv + forward of random q/k/v through the torch and Triton backends (4 query heads
+    over 2 KV heads, d 16, the same random caches): the outputs agree."""
+    heads, kv_heads, d = 4, 2, 16
+    t = int(meta.cu_seqlens_q[-1])
     q = torch.randn(t, heads, d)
     k, v = torch.randn(t, kv_heads, d), torch.randn(t, kv_heads, d)
     outs = []
@@ -152,19 +157,9 @@ def test_mixed_batch_split_into_decode_and_prefill_kernels(
     monkeypatch.setattr(tb, "decode_attention", counted)
     q_lens, kv_lens = [1, 1, 1, 6, 9], [9, 40, 1, 6, 25]  # the third decode is a 1-token prompt
     torch.manual_seed(3)
-    slots, heads, kv_heads, d = 300, 4, 2, 16
-    meta = _mixed_metadata(q_lens, kv_lens, slots)
+    meta = _mixed_metadata(q_lens, kv_lens, 300)
     meta.num_decodes = num_decodes
-    t = sum(q_lens)
-    q = torch.randn(t, heads, d)
-    k, v = torch.randn(t, kv_heads, d), torch.randn(t, kv_heads, d)
-    outs = []
-    for backend in (TorchAttentionBackend(), TritonAttentionBackend()):
-        k_cache = torch.randn(slots, kv_heads, d, generator=torch.Generator().manual_seed(1))
-        v_cache = torch.randn(slots, kv_heads, d, generator=torch.Generator().manual_seed(2))
-        backend.store_kv(k, v, k_cache, v_cache, meta)
-        outs.append(backend.forward(q, k_cache, v_cache, meta, d**-0.5))
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    _assert_backends_agree(meta, 300)
     assert decoded == ([num_decodes] if num_decodes else [])
 
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from raylight.engine.errors import ModelDirectoryError
 from raylight.engine.parallel import TPGroup
-from raylight.kernels.skinny_linear import MAX_ROWS, choose_config, skinny_linear
+from raylight.kernels.skinny_linear import MAX_ROWS, skinny_linear
+from raylight.kernels.skinny_linear_table import choose_config
 
 
 def linear(
