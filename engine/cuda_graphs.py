@@ -17,6 +17,7 @@ The graph ends at the final norm: the LM head runs eagerly on the real lanes onl
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -43,6 +44,27 @@ def write_table(
 ) -> None:
     """req_to_token[rows[i], positions[i]] = slots[i]; rows, positions, slots: int64 [N]."""
     req_to_token[rows, positions] = slots.to(torch.int32)
+
+
+def capture_in_order(
+    device: torch.device, bodies: list[tuple[object, Callable[[], object]]]
+) -> tuple[dict, dict, int]:
+    """Runs each (key, body) once eagerly (compiling its Triton kernels outside capture), then
+    captures it, in the given order, all graphs sharing one memory pool (capture the largest
+    first: later captures reuse its free blocks). Returns the graphs and each capture's output
+    by key, and the device memory the captures took (measured)."""
+    graphs, outputs, pool = {}, {}, None
+    free_before = torch.cuda.mem_get_info(device)[0]
+    for key, body in bodies:
+        body()
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            outputs[key] = body()
+        pool = graph.pool() if pool is None else pool
+        graphs[key] = graph
+    torch.cuda.synchronize(device)
+    return graphs, outputs, free_before - torch.cuda.mem_get_info(device)[0]
 
 
 class DecodeGraphs:
@@ -81,18 +103,8 @@ class DecodeGraphs:
     def capture(self) -> None:
         """Captures every bucket, largest first (later captures reuse the pool's free blocks).
         Must run after the KV pool is allocated; writes only slot 0 and ReqToToken row 0."""
-        pool = None
-        free_before = torch.cuda.mem_get_info(self._static.device)[0]
-        for size in reversed(self.sizes):
-            self._body(size)  # warm-up: compiles the Triton kernels of this grid outside capture
-            torch.cuda.synchronize(self._static.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._hidden[size] = self._body(size)
-            pool = graph.pool() if pool is None else pool
-            self._graphs[size] = graph
-        torch.cuda.synchronize(self._static.device)
-        self.pool_bytes = free_before - torch.cuda.mem_get_info(self._static.device)[0]
+        bodies = [(size, lambda s=size: self._body(s)) for size in reversed(self.sizes)]
+        self._graphs, self._hidden, self.pool_bytes = capture_in_order(self._static.device, bodies)
 
     def can_run(self, batch: Batch) -> bool:
         b = batch.req_rows.shape[0]

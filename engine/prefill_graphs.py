@@ -39,7 +39,7 @@ from torch import nn
 
 from raylight.engine.attention.backend import AttentionBackend, AttentionMetadata
 from raylight.engine.batch import Batch
-from raylight.engine.cuda_graphs import write_table
+from raylight.engine.cuda_graphs import capture_in_order, write_table
 from raylight.engine.layers.attention import ForwardContext
 
 # Rows of the static token buffer [4, max_tokens] and of the request buffer
@@ -109,25 +109,13 @@ class PrefillGraphs:
 
     def capture(self) -> None:
         """Captures every bucket pair, largest first (later captures reuse the pool's free
-        blocks). Must run after the KV pool is allocated; writes only slot 0 and row 0."""
-        device = self._static.device
-        pool = None
-        free_before = torch.cuda.mem_get_info(device)[0]
-        for reqs in reversed(self.req_sizes):
-            for tokens in reversed(self.token_sizes):
-                if tokens < reqs:
-                    continue  # a request has at least one token
-                fill_inputs(self._host_tok, self._host_req, None, reqs, tokens)  # all padding
-                self._static.copy_(self._host)
-                self._body(reqs, tokens)  # warm-up: compiles this grid's kernels outside capture
-                torch.cuda.synchronize(device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._body(reqs, tokens)
-                pool = graph.pool() if pool is None else pool
-                self._graphs[(reqs, tokens)] = graph
-        torch.cuda.synchronize(device)
-        self.pool_bytes = free_before - torch.cuda.mem_get_info(device)[0]
+        blocks). Must run after the KV pool is allocated; writes only slot 0 and row 0: the
+        static inputs are still all zeros, which is every bucket's all-padding layout."""
+        keys = [(reqs, tokens) for reqs in reversed(self.req_sizes)
+                for tokens in reversed(self.token_sizes) if tokens >= reqs]  # fmt: skip
+        bodies = [(key, lambda key=key: self._body(*key)) for key in keys]
+        assert not self._static.any(), "capture needs the all-padding (zero) static inputs"
+        self._graphs, _, self.pool_bytes = capture_in_order(self._static.device, bodies)
 
     def bucket(self, batch: Batch) -> tuple[int, int] | None:
         """The (requests, tokens) graph that runs `batch`, or None: it runs eagerly."""
@@ -177,16 +165,13 @@ def decode_lanes(reqs: int) -> int:
     return reqs if reqs > 1 else 0
 
 
-def fill_inputs(
-    tok: np.ndarray, req: np.ndarray, batch: Batch | None, reqs: int, tokens: int
-) -> None:
-    """Writes `batch` (None: no request) and its padding, laid out for the (reqs, tokens)
-    graph (module doc), into the host buffers tok int64 [4, >= tokens] and req int64
-    [3, >= 2 * reqs + 1]."""
+def fill_inputs(tok: np.ndarray, req: np.ndarray, batch: Batch, reqs: int, tokens: int) -> None:
+    """Writes `batch` and its padding, laid out for the (reqs, tokens) graph (module doc), into
+    the host buffers tok int64 [4, >= tokens] and req int64 [3, >= 2 * reqs + 1]. (With no
+    request at all every entry would be 0: the zeroed buffers the graphs are captured on.)"""
     lanes = decode_lanes(reqs)
-    b = 0 if batch is None else batch.req_rows.shape[0]
-    t = 0 if batch is None else batch.num_tokens
-    d = 0 if batch is None or not lanes else batch.num_leading_decodes
+    b, t = batch.req_rows.shape[0], batch.num_tokens
+    d = batch.num_leading_decodes if lanes else 0
     p = b - d
     tok[:, t:tokens] = 0
     req[:, : lanes + reqs + 1] = 0
@@ -194,8 +179,6 @@ def fill_inputs(
     cu[: d + 1] = np.arange(d + 1)  # decode lane i: q row i
     cu[d + 1 : lanes + 1] = d  # empty decode lanes
     cu[lanes + p + 1 : lanes + reqs + 1] = t  # empty prefill lanes
-    if batch is None:
-        return
     tok[_IDS, :t] = batch.input_ids
     tok[_POS, :t] = batch.positions
     tok[_SLOTS, :t] = batch.out_slots

@@ -153,6 +153,8 @@ def _skinny_linear_kernel(
         x_ptrs += BLOCK_K
         g_ptrs += BLOCK_K
         k_begin = BLOCK_K
+    # The loads are written out here and above rather than in a helper: a helper changed the
+    # tensor-core build's SASS against the timed kernel (register allocation and scheduling).
     for k0 in tl.range(k_begin, K, BLOCK_K, num_stages=STAGES):
         k_ok = (k0 + rk) < K
         if EVEN_K:

@@ -99,8 +99,6 @@ def test_fill_inputs_pads_and_overwrites_a_previous_fill(tiny_models: dict[str, 
     fill_inputs(tok, req, one, 1, 16)  # one request: prefill lane only
     np.testing.assert_array_equal(req[:, :2], _expected_buffers(one, 1, 16)[1])
     np.testing.assert_array_equal(req[0, :2], [0, one.num_tokens])
-    fill_inputs(tok, req, None, 16, 70)  # capture: padding only
-    assert not tok.any() and not req[:, :33].any()
 
 
 def _single_prompt_batch(core, outstanding):
