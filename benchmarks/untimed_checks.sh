@@ -9,6 +9,10 @@
 #      (every row through the prefill kernel, as on 2026-12-02's 6,309 out tok/s; prefill graphs
 #      still split); with the split and 2026-12-01's tiles (128 x 64, 4 warps, 4 stages; 6,732
 #      out tok/s then, without the split).
+# Ran on 2026-12-02 (4c0a015, h200-2026-12-02-split-*.json): 23 GPU tests passed; TPOT 4.61 ms
+# plain, 4.83 with fuse_decode_layers (kept off); ShareGPT 7,832 out tok/s as committed, 6,274
+# without the split, 7,588 with the 128 x 64 tiles (kept at 128 x 128). The device returns at
+# most 8 files a call: the last ShareGPT JSONs did not come back.
 # Writes JSON and logs under $OUT (default ./out). MODEL_DIR defaults to /tmp/llama3-8b (made on
 # the GPU if missing). Never wait on `pgrep -f <word>` where <word> is in this command line:
 # it matches the shell running it (2026-12-02 lost 400 s of device time that way).
