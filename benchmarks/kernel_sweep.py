@@ -3,7 +3,7 @@ fraction of the ceilings measured in the same run. Used to set the launchers' he
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.kernel_sweep [--out FILE]
         [--sections prefill,decode] [--kv-dtypes bfloat16,float8_e4m3fn] [--prefill-lens 4096]
-        [--decode-cases 64x4096,256x4096]
+        [--decode-cases 64x4096,256x4096] [--prefill-variants "128,64,4,4,1,1;128,128,8,3,1,0"]
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def ceilings() -> dict[str, float]:
             "gemm_flops_per_s": 2 * 8192**3 / (gemm_ms / 1e3)}  # fmt: skip
 
 
-def prefill_sweep(t: int, gemm: float, kv_dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+def prefill_sweep(
+    t: int, gemm: float, kv_dtype: torch.dtype = torch.bfloat16, variants: list | None = None
+) -> list[dict]:
     dev, dtype = "cuda", torch.bfloat16
     k = torch.randn(t + 1, KV_HEADS, D, device=dev, dtype=dtype).to(kv_dtype)
     v = torch.randn(t + 1, KV_HEADS, D, device=dev, dtype=dtype).to(kv_dtype)
@@ -51,11 +53,13 @@ def prefill_sweep(t: int, gemm: float, kv_dtype: torch.dtype = torch.bfloat16) -
     flops = 2 * t * t * D * HEADS  # causal: half of 4 * t^2 * d per head
     original = prefill_mod.choose_blocks
     rows = []
-    for bm, bn, warps, stages, heads_fastest in PREFILL_VARIANTS:
+    for bm, bn, warps, stages, heads_fastest, *lazy in variants or PREFILL_VARIANTS:
         prefill_mod.choose_blocks = lambda *_a, c=(bm, bn, warps, stages): c
         order = {} if heads_fastest else {"heads_fastest": False}  # (older launchers lack it)
+        if lazy:
+            order["lazy_rescale"] = bool(lazy[0])
         row = {"t": t, "kv_dtype": str(kv_dtype).split(".")[-1], "blocks": [bm, bn, warps, stages],
-               "heads_fastest": heads_fastest}  # fmt: skip
+               "heads_fastest": heads_fastest, "lazy_rescale": bool(lazy and lazy[0])}  # fmt: skip
         try:
             ms = median_ms(lambda o=order: prefill_mod.prefill_attention(q, k, v, **args, **o))
             rows.append({**row, "ms": ms, "flops_frac": flops / (ms / 1e3) / gemm})
@@ -67,7 +71,7 @@ def prefill_sweep(t: int, gemm: float, kv_dtype: torch.dtype = torch.bfloat16) -
     return rows
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages, heads_fastest)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, heads_fastest[, lazy_rescale])
 PREFILL_VARIANTS = [(128, 128, 8, 3, True), (128, 128, 8, 2, True), (128, 64, 8, 3, True),
                     (128, 64, 4, 3, True), (64, 64, 4, 3, True), (128, 32, 4, 3, True),
                     (64, 128, 4, 3, True), (128, 64, 8, 4, True), (128, 64, 4, 3, False),
@@ -128,19 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-dtypes", default="bfloat16,float8_e4m3fn",
                    help="comma list of torch dtype names for the KV pools")
     p.add_argument("--prefill-lens", default="4096,16384", help="comma list of tokens")
+    p.add_argument("--prefill-variants", default=None,
+                   help="semicolon list of BM,BN,WARPS,STAGES,HEADS_FASTEST,LAZY (0/1 flags) "
+                        "instead of the built-in list")  # fmt: skip
     p.add_argument("--decode-cases", default="1x1024,1x16384,64x4096,256x1024,256x4096",
                    help="comma list of BATCHxCONTEXT")
     args = p.parse_args(argv)
     sections = set(args.sections.split(","))
     kv_dtypes = [getattr(torch, name) for name in args.kv_dtypes.split(",")]
     cases = [tuple(int(x) for x in c.split("x")) for c in args.decode_cases.split(",")]
+    variants = None
+    if args.prefill_variants:
+        variants = [tuple(int(x) for x in v.split(",")) for v in args.prefill_variants.split(";")]
     ceil = ceilings()
     print(ceil, flush=True)
     result = {"device": torch.cuda.get_device_name(), "ceilings": ceil, "prefill": [],
               "decode": [], "command": " ".join(sys.argv)}  # fmt: skip
     for kv_dtype in kv_dtypes if "prefill" in sections else ():
         for t in (int(x) for x in args.prefill_lens.split(",")):
-            result["prefill"] += prefill_sweep(t, ceil["gemm_flops_per_s"], kv_dtype)
+            result["prefill"] += prefill_sweep(t, ceil["gemm_flops_per_s"], kv_dtype, variants)
     for kv_dtype in kv_dtypes if "decode" in sections else ():
         for batch, ctx in cases:
             result["decode"] += decode_sweep(batch, ctx, ceil["copy_bytes_per_s"], kv_dtype)
