@@ -3,7 +3,7 @@ fraction of the ceilings measured in the same run. Used to set the launchers' he
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.kernel_sweep [--out FILE]
         [--sections prefill,decode] [--kv-dtypes bfloat16,float8_e4m3fn] [--prefill-lens 4096]
-        [--decode-cases 64x4096,256x4096] [--prefill-variants "128,64,4,4,1,1;128,128,8,3,1,0"]
+        [--decode-cases 64x4096,256x4096] [--prefill-variants "128,64,4,4,1;128,128,8,3,0"]
 """
 
 from __future__ import annotations
@@ -53,13 +53,11 @@ def prefill_sweep(
     flops = 2 * t * t * D * HEADS  # causal: half of 4 * t^2 * d per head
     original = prefill_mod.choose_blocks
     rows = []
-    for bm, bn, warps, stages, heads_fastest, *lazy in variants or PREFILL_VARIANTS:
+    for bm, bn, warps, stages, heads_fastest in variants or PREFILL_VARIANTS:
         prefill_mod.choose_blocks = lambda *_a, c=(bm, bn, warps, stages): c
         order = {} if heads_fastest else {"heads_fastest": False}  # (older launchers lack it)
-        if lazy:
-            order["lazy_rescale"] = bool(lazy[0])
         row = {"t": t, "kv_dtype": str(kv_dtype).split(".")[-1], "blocks": [bm, bn, warps, stages],
-               "heads_fastest": heads_fastest, "lazy_rescale": bool(lazy and lazy[0])}  # fmt: skip
+               "heads_fastest": bool(heads_fastest)}  # fmt: skip
         try:
             ms = median_ms(lambda o=order: prefill_mod.prefill_attention(q, k, v, **args, **o))
             rows.append({**row, "ms": ms, "flops_frac": flops / (ms / 1e3) / gemm})
@@ -71,7 +69,7 @@ def prefill_sweep(
     return rows
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages, heads_fastest[, lazy_rescale])
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, heads_fastest)
 PREFILL_VARIANTS = [(128, 128, 8, 3, True), (128, 128, 8, 2, True), (128, 64, 8, 3, True),
                     (128, 64, 4, 3, True), (64, 64, 4, 3, True), (128, 32, 4, 3, True),
                     (64, 128, 4, 3, True), (128, 64, 8, 4, True), (128, 64, 4, 3, False),
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of torch dtype names for the KV pools")
     p.add_argument("--prefill-lens", default="4096,16384", help="comma list of tokens")
     p.add_argument("--prefill-variants", default=None,
-                   help="semicolon list of BM,BN,WARPS,STAGES,HEADS_FASTEST,LAZY (0/1 flags) "
+                   help="semicolon list of BM,BN,WARPS,STAGES,HEADS_FASTEST (0/1) "
                         "instead of the built-in list")  # fmt: skip
     p.add_argument("--decode-cases", default="1x1024,1x16384,64x4096,256x1024,256x4096",
                    help="comma list of BATCHxCONTEXT")

@@ -12,7 +12,9 @@ must have q_len >= 1 and seq_lens_kv >= q_len (not checked: no host sync).
 Flash-attention 2 style: grid (Hq, q blocks, B), heaviest q blocks first; each program keeps
 a BLOCK_M x D query tile, walks KV tiles of BLOCK_N gathered slots with an fp32 online
 softmax (exp2, scale folded), first the tiles every row sees in full (no mask), then the
-diagonal tiles with the causal mask; tiles past the causal limit are skipped.
+diagonal tiles with the causal mask; tiles past the causal limit are skipped. (Rescaling the
+output only when a row maximum grows by > 2^8, FlashAttention-4's trick, measured 3-6% slower
+on an H200 at every size and tiling: ed2080b, results/h200-2026-12-02-prefill-lazy-rescale-*.)
 """
 
 from __future__ import annotations
@@ -25,10 +27,6 @@ from raylight.kernels._common import INDEX_DTYPES, check_tensor, interpreting
 from raylight.kernels.attention_checks import check_attention_args
 
 LOG2E = 1.4426950408889634
-# Conditional rescaling: p may reach 2^RESCALE_LOG2 against a stale row maximum (fp32 sums and
-# bf16 / fp16 p hold that easily). Off until timed on the GPU.
-LAZY_RESCALE = False
-RESCALE_LOG2 = 8.0
 
 
 @triton.jit
@@ -36,7 +34,7 @@ def _attend_tiles(
     acc, m_i, l_i, q, q_pos, k_ptr, v_ptr, slot_row_ptr, stride_ks, stride_vs, lo, hi, kv_len,
     qk_scale, head_dim,
     MASKED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
-    PRECISION: tl.constexpr, LAZY_RESCALE: tl.constexpr, RESCALE_LOG2: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
@@ -65,25 +63,11 @@ def _attend_tiles(
         # qk_scale > 0, so max(s) * qk_scale is the scaled maximum and the scale joins the
         # subtraction in one FMA per score (no separate multiply over the tile).
         m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
-        if LAZY_RESCALE:
-            # Rescale acc and l only when some row's maximum grew by more than 2^RESCALE_LOG2
-            # (FlashAttention-4's conditional rescaling): below that, p is computed against the
-            # stale maximum (p <= 2^RESCALE_LOG2, exact enough in fp32 / bf16) and the
-            # BLOCK_M x D multiply of acc is skipped, as on most tiles after the first few.
-            if tl.max(m_new - m_i, axis=0) > RESCALE_LOG2:
-                alpha = tl.exp2(m_i - m_new)
-                l_i = l_i * alpha
-                acc = acc * alpha[:, None]
-                m_i = m_new
-            p = tl.exp2(s * qk_scale - m_i[:, None])
-            l_i = l_i + tl.sum(p, axis=1)
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
-        else:
-            p = tl.exp2(s * qk_scale - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+        p = tl.exp2(s * qk_scale - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
     return acc, m_i, l_i
 
 
@@ -94,7 +78,7 @@ def _prefill_kernel(
     stride_r2t, qk_scale, group, head_dim,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr, PRECISION: tl.constexpr,
-    HEADS_FASTEST: tl.constexpr, LAZY_RESCALE: tl.constexpr, RESCALE_LOG2: tl.constexpr,
+    HEADS_FASTEST: tl.constexpr,
 ):  # fmt: skip
     if HEADS_FASTEST:  # grid (Hq, q blocks, B): neighbouring programs share a q block
         head = tl.program_id(0)
@@ -134,13 +118,11 @@ def _prefill_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc, m_i, l_i = _attend_tiles(
         acc, m_i, l_i, q, q_pos, k_base, v_base, slot_row, stride_ks, stride_vs, 0, full_end,
-        kv_len, qk_scale, head_dim, False, BLOCK_N, BLOCK_D, EVEN_D, PRECISION, LAZY_RESCALE,
-        RESCALE_LOG2,
+        kv_len, qk_scale, head_dim, False, BLOCK_N, BLOCK_D, EVEN_D, PRECISION,
     )  # fmt: skip
     acc, m_i, l_i = _attend_tiles(
         acc, m_i, l_i, q, q_pos, k_base, v_base, slot_row, stride_ks, stride_vs, full_end,
         causal_end, kv_len, qk_scale, head_dim, True, BLOCK_N, BLOCK_D, EVEN_D, PRECISION,
-        LAZY_RESCALE, RESCALE_LOG2,
     )  # fmt: skip
     out = acc / l_i[:, None]
     tl.store(out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + d[None, :],
@@ -179,7 +161,6 @@ def prefill_attention(
     *,
     blocks: tuple[int, int] | None = None,
     heads_fastest: bool = True,
-    lazy_rescale: bool = LAZY_RESCALE,
 ) -> torch.Tensor:
     """q: [T, Hq, D] -> out [T, Hq, D], causal over each request's cached + new K/V.
 
@@ -187,8 +168,6 @@ def prefill_attention(
     overrides the heuristic (tests use it to cover several tilings). heads_fastest orders the
     grid with the query heads varying fastest (every head of a q block runs at once); False runs
     all q blocks of a head together (a wave reads fewer heads' K/V: less L2 traffic).
-    lazy_rescale: rescale the running output only when a row's maximum grew by more than
-    2^RESCALE_LOG2 (see _attend_tiles).
     """
     check_tensor("cu_seqlens_q", cu_seqlens_q, 1, INDEX_DTYPES, "[B + 1]")
     batch = cu_seqlens_q.shape[0] - 1
@@ -222,8 +201,7 @@ def prefill_attention(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
         DOT_FP32=interp and not fp16_dot, DOT_FP16=fp16_dot,
         PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
-        HEADS_FASTEST=heads_fastest, LAZY_RESCALE=lazy_rescale, RESCALE_LOG2=RESCALE_LOG2,
-        num_warps=num_warps, num_stages=num_stages,
+        HEADS_FASTEST=heads_fastest, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
 

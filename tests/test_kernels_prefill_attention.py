@@ -51,12 +51,10 @@ REQS = [(0, 1), (0, 7), (26, 7), (0, 33), (100, 30)]
 
 
 def _check(batch: dict, max_q_len: int, dtype: torch.dtype, blocks=None,
-           heads_fastest: bool = True, lazy_rescale: bool | None = None,
-           scale: float | None = None) -> None:  # fmt: skip
-    scale = batch["q"].shape[2] ** -0.5 if scale is None else scale
-    lazy = {} if lazy_rescale is None else {"lazy_rescale": lazy_rescale}
+           heads_fastest: bool = True) -> None:  # fmt: skip
+    scale = batch["q"].shape[2] ** -0.5
     got = prefill_attention(**batch, max_q_len=max_q_len, scale=scale, blocks=blocks,
-                            heads_fastest=heads_fastest, **lazy)  # fmt: skip
+                            heads_fastest=heads_fastest)  # fmt: skip
     want = prefill_attention_ref(**batch, scale=scale)
     assert torch.isfinite(got).all()
     atol, rtol = TOL[dtype]
@@ -76,20 +74,6 @@ def test_other_tilings(blocks: tuple[int, int], heads_fastest: bool) -> None:
     """The GPU tile sizes too, both grid orders, and a head_dim that is not a power of two."""
     batch = make_batch([(3, 70), (0, 130), (61, 2)], 4, 2, 48, torch.float32, seed=5)
     _check(batch, max_q_len=130, dtype=torch.float32, blocks=blocks, heads_fastest=heads_fastest)
-
-
-@pytest.mark.parametrize("lazy_rescale", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("scale", [None, 2.0])
-def test_lazy_rescale(lazy_rescale: bool, dtype: torch.dtype, scale: float | None) -> None:
-    """Conditional rescaling against the reference both ways: at the usual scale (row maxima
-    rarely grow by 2^8 after the first tile, so most tiles skip the rescale) and at a large one
-    (scores of std ~16: maxima keep growing past the threshold, so the rescale branch runs).
-    The interpreter's dots are fp32, so the threshold's bound on p (fp16 p would overflow
-    without it) is checked by test_gpu_large's large-score case only."""
-    batch = make_batch([(3, 70), (0, 130), (61, 2), (200, 9)], 4, 2, 64, dtype, seed=13)
-    _check(batch, max_q_len=130, dtype=dtype, blocks=(16, 16), lazy_rescale=lazy_rescale,
-           scale=scale)  # fmt: skip
 
 
 def test_reference_matches_engine_backend() -> None:
@@ -138,15 +122,11 @@ def test_errors() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("lazy_rescale", [False, True])
-@pytest.mark.parametrize("dtype,scale", [(torch.bfloat16, None), (torch.float16, None),
-                                         (torch.float16, 1.0)])  # fmt: skip
-def test_gpu_large(dtype: torch.dtype, scale: float | None, lazy_rescale: bool) -> None:
-    """Scale 1.0 with d = 128: scores of std ~11, so a row's maximum keeps growing over
-    thousands of keys; fp16 p against a maximum 2^16 too low would overflow."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_large(dtype: torch.dtype) -> None:
     reqs = [(0, 4096), (1000, 3000), (7000, 1), (0, 17), (333, 2048)]
     batch = make_batch(reqs, 32, 8, 128, dtype, seed=0, device="cuda")
-    _check(batch, max_q_len=4096, dtype=dtype, lazy_rescale=lazy_rescale, scale=scale)
+    _check(batch, max_q_len=4096, dtype=dtype)
 
 
 @pytest.mark.gpu
