@@ -85,7 +85,9 @@ class PastFutureConfig:
     the predicted peak is the `quantile` (1.0: the max) of the draws' peaks and must stay within
     `safety` x the slots the batch may use. The max over more draws is more cautious: on
     reasoning with a 450k-token pool at aggressive's SLA-miss rate, 4 draws preempted 4.9% of
-    requests and 16 draws 0.86% (benchmarks/results/cpu-2026-11-22-sim-pf-knobs.json).
+    requests and 16 draws 0.86% (benchmarks/results/cpu-2026-11-22-sim-pf-knobs.json). A lower
+    quantile admits more: 0.75 gains goodput on every scenario of cpu-2026-12-02-sim-pf-quantile
+    .json but preempts 0.98% of requests on that reasoning case (1.0: 0.60%), at the target's edge.
     """
 
     window: int = 1000
