@@ -38,7 +38,7 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
                    default=None, help="turn off the token-level prefix cache")
     p.add_argument("--admission-policy", default=None,
                    choices=["conservative", "aggressive", "past-future"],
-                   help="how an engine admits waiting requests (default: conservative)")
+                   help="how an engine admits waiting requests (default: past-future)")
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="schedule each step while the previous one runs on the GPU "
                    "(default: on with CUDA at tensor-parallel size 1)")  # fmt: skip

@@ -34,7 +34,12 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.9
     # "auto": "triton" on CUDA, "torch" elsewhere; "triton" on CPU runs in the interpreter.
     attention_backend: str = "auto"
-    admission_policy: str = "conservative"
+    # How waiting requests are admitted (engine/admission.py). "past-future" (LightLLM's):
+    # admit while the predicted future KV peak fits; it starts as "conservative" (reserve
+    # prompt + max_tokens, which is the whole context when a request sets no max_tokens) and
+    # learns output lengths from finished requests. "aggressive" (vLLM's): admit while slots are
+    # free and preempt by recompute when they run out.
+    admission_policy: str = "past-future"
     # Triton RMSNorm(+residual), rotary and SiLU-and-mul in the layers. None: on CUDA only.
     fused_kernels: bool | None = None
     # Triton linear layers for decode batches of at most 8 rows (kernels/skinny_linear.py)
@@ -49,7 +54,8 @@ class EngineOptions:
     # Steps of at most 8 rows run each RMSNorm, residual add and SiLU-and-mul inside the
     # neighbouring linear layer's Triton kernel (engine/models/llama.py forward_fused): 3 fewer
     # launches per layer. Needs fused_kernels and skinny_linear (one rank only). Off by default:
-    # not timed on a GPU yet.
+    # slower on the H200 (batch-1 TPOT 4.83 vs 4.61 ms, and 21 ms per step at batch 8:
+    # benchmarks/results/h200-2026-12-02-split-latency-fuse-decode-layers.json, ...-profile-*).
     fuse_decode_layers: bool = False
     # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
