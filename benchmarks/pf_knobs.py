@@ -17,12 +17,11 @@ import dataclasses
 import json
 import sys
 
+from raylight.cluster.cli_sim import WORKLOADS
 from raylight.engine.admission import PastFutureConfig
 from raylight.engine.sim.cost_model import COST_MODELS
 from raylight.engine.sim.loop import SimConfig
 from raylight.engine.sim.sweep import POLICIES, SimSetup, run_policy
-
-WORKLOADS = ("sharegpt", "reasoning", "bursty", "multiturn")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -7,10 +7,6 @@ import json
 import pytest
 
 from raylight.benchmarks import pf_knobs
-from raylight.engine.admission import PastFutureConfig
-from raylight.engine.sim.cost_model import COST_MODELS
-from raylight.engine.sim.loop import SimConfig
-from raylight.engine.sim.sweep import SimSetup, run_policy
 
 SCENARIO = ["--workload", "sharegpt", "--rate", "50.0", "--num-requests", "120",
             "--pool-tokens", "6000", "--max-num-seqs", "64"]  # fmt: skip
@@ -21,20 +17,23 @@ def _run(capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_knobs_reach_the_policy(capsys: pytest.CaptureFixture[str]) -> None:
-    """The printed report is the sweep's own run of the same setup with the same knobs, and
-    the knobs change what the policy does (a lower safety factor admits less, so it waits
-    longer for its first tokens on a pool this small)."""
-    out = _run(capsys, "--quantile", "0.5", "--safety", "0.6", "--num-draws", "4")
-    assert out["knobs"]["quantile"] == 0.5 and out["scenario"]["workload"] == "sharegpt"
-    config = SimConfig(num_kv_slots=6000, max_num_seqs=64,
-                       past_future=PastFutureConfig(safety=0.6, num_draws=4, quantile=0.5))
-    want = run_policy(SimSetup("sharegpt", 120, 0, config, COST_MODELS["h100-llama3-8b"]()),
-                      "past-future", 50.0)  # fmt: skip
-    assert out["report"]["goodput"] == want.goodput
-    assert out["report"]["preemptions"] == want.preemptions
-    loose = _run(capsys, "--quantile", "0.5", "--safety", "1.0", "--num-draws", "4")
-    assert loose["report"]["ttft_mean_s"] < out["report"]["ttft_mean_s"]
+def test_each_knob_reaches_the_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    """On a pool this small every knob moves how long requests wait for their first token the
+    way it should: a higher safety factor, a lower quantile of the draws' peaks and fewer draws
+    (with the max) all admit more, so the mean TTFT drops. Measured: 31.1 s at safety 0.6, 4
+    draws, the max; 11.4 s at safety 1.0; 19.9 s at quantile 0.5; 44.9 s with 16 draws."""
+    base = ("--safety", "0.6", "--num-draws", "4")
+    out = _run(capsys, *base)
+    assert out["knobs"] == {**out["knobs"], "safety": 0.6, "num_draws": 4, "quantile": 1.0}
+    assert out["scenario"]["workload"] == "sharegpt" and out["scenario"]["pool_tokens"] == 6000
+
+    def ttft(*extra: str) -> float:
+        return _run(capsys, *base, *extra)["report"]["ttft_mean_s"]
+
+    base_ttft = out["report"]["ttft_mean_s"]
+    assert ttft("--safety", "1.0") < base_ttft
+    assert ttft("--quantile", "0.5") < base_ttft
+    assert ttft("--num-draws", "16") > base_ttft
 
 
 def test_other_policies_carry_no_knobs(capsys: pytest.CaptureFixture[str]) -> None:
