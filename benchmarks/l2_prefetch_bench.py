@@ -5,6 +5,7 @@ P MB of weight copy i (engine/layers/weight_prefetch.py), a spin kernel of G mic
 step's small kernels, which leave the memory idle), join, then y = x W_i^T with the engine's
 small-batch kernel. 32 copies of each weight (1-7.5 GB) keep L2 cold between layers, as in a
 decode step. The time per layer minus the spin alone is the layer's cost; P = 0 is today's.
+A row with "l2_warm" reads one copy 32 times instead: what the layer costs from L2.
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.l2_prefetch_bench [--out FILE]
 """
@@ -83,6 +84,12 @@ def measure(gaps_us: list[float], sizes_mb: list[float]) -> dict:
         weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(COPIES)]
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         weight_mb = n * k * 2 / MB
+        # One weight read 32 times: from L2 where it fits (48 MB and less), the bound on what
+        # a prefetch could give.
+        warm_us = _layers_ms([weights[0]] * COPIES, x, 0, 0.0) * 1e3 / COPIES
+        rows.append({"shape": name, "weight_mb": round(weight_mb, 1), "l2_warm": True,
+                     "layer_us": round(warm_us, 2)})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
         for gap in gaps_us:
             cycles = int(gap * per_us)
             spin_ms = _time_graph(lambda c=cycles: [_spin(c) for _ in range(COPIES)])

@@ -1,0 +1,168 @@
+"""Device time of one batch-1 decode step under variants of the same loaded model, in one
+process: no reloads, one machine, one KV state, so differences of 1% are visible.
+
+The step is the decode graph's body (engine/cuda_graphs.py: ReqToToken write, embedding, the
+layers, the final norm), captured afresh for each variant and replayed with the static inputs
+of a real request decoding after a 1024-token prompt. Variants:
+- kernel choices: fused decode layers, PDL, L2 weight prefetch (engine options);
+- ablations that drop one kind of work from the chain (attention with its rotary and KV store,
+  the norms, SiLU-and-mul) to show what it costs in place, launch gaps included. An ablated
+  step computes garbage by design; only its time is used.
+Variants alternate over --rounds rounds; each figure is the median of the rounds.
+
+    TRITON_INTERPRET=0 python -m raylight.benchmarks.decode_variants --model DIR [--out FILE]
+        [--variants plain,fused,...] [--rounds 3] [--replays 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from raylight.benchmarks.gpu_bench_cli import parse_engine_opts
+from raylight.engine.attention.registry import make_attention_backend
+from raylight.engine.cuda_graphs import DecodeGraphs
+from raylight.engine.layers.activation import SiluAndMul
+from raylight.engine.layers.attention import Attention
+from raylight.engine.layers.fused import use_fused_kernels
+from raylight.engine.layers.norm import RMSNorm
+from raylight.engine.layers.weight_prefetch import WeightPrefetch
+from raylight.engine.llm import LLM
+from raylight.engine.sampling_params import SamplingParams
+
+
+@contextlib.contextmanager
+def _patched(model: torch.nn.Module, kind: type, forward: Callable) -> Iterator[None]:
+    """Replaces forward on every `kind` module of the model for the duration."""
+    modules = [m for m in model.modules() if isinstance(m, kind)]
+    for m in modules:
+        m.forward = forward
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward
+
+
+def _no_attention(q, k, v, positions, rope, ctx):
+    return q.reshape(q.shape[0], -1)
+
+
+def _no_norm(x, residual=None):
+    return x, (x if residual is None else residual)
+
+
+def _no_silu(x):
+    return x[:, : x.shape[1] // 2]
+
+
+@contextlib.contextmanager
+def variant(name: str, runner) -> Iterator[object]:
+    """Sets up variant `name` on the runner's model; yields the attention backend to use."""
+    model, backend = runner.model, runner.backend
+    with contextlib.ExitStack() as stack:
+        if name == "fused":
+            model.fused_decode = True
+            stack.callback(setattr, model, "fused_decode", False)
+        elif name == "pdl":
+            use_fused_kernels(model, True, True, pdl=True)
+            stack.callback(use_fused_kernels, model, True, True, False)
+            backend = make_attention_backend("triton", pdl=True)
+        elif name.startswith("prefetch_"):  # prefetch_<attn MB>_<head MB>
+            _, attn_mb, head_mb = name.split("_")
+            model.weight_prefetch = WeightPrefetch.from_mb(float(attn_mb), float(head_mb))
+            stack.callback(setattr, model, "weight_prefetch", None)
+        else:
+            drops = {"no_attention": ["attention"], "no_norms": ["norms"], "no_silu": ["silu"],
+                     "linears_only": ["attention", "norms", "silu"]}  # fmt: skip
+            if name != "plain" and name not in drops:
+                raise ValueError(f"unknown variant {name!r}")
+            for drop in drops.get(name, []):
+                kind, forward = {"attention": (Attention, _no_attention),
+                                 "norms": (RMSNorm, _no_norm),
+                                 "silu": (SiluAndMul, _no_silu)}[drop]  # fmt: skip
+                stack.enter_context(_patched(model, kind, forward))
+        yield backend
+
+
+def _steady_request(llm: LLM, prompt_len: int) -> None:
+    core = llm.core
+    params = SamplingParams(temperature=0.0, max_tokens=4096, ignore_eos=True)
+    core.add(core.make_request("r0", [(7 * j) % 1000 + 10 for j in range(prompt_len)], params, 0))
+    for _ in range(8):  # prefill, then decode steps through the graph
+        core.step()
+    if core.runner.graphs is None or core.runner.graphs.num_replays == 0:
+        raise RuntimeError("the decode steps did not replay a graph")
+
+
+def time_variant(name: str, runner, replays: int) -> float:
+    """Milliseconds per replay of a freshly captured batch-1 step graph under `name`."""
+    base = runner.graphs
+    with variant(name, runner) as backend, torch.inference_mode():
+        graphs = DecodeGraphs(runner.model, backend, runner.k_caches, runner.v_caches,
+                              runner.req_to_token, 1)  # fmt: skip
+        graphs._static.copy_(base._static)  # lane 0 of the live request
+        graphs.capture()
+        graph = graphs._graphs[1]
+        for _ in range(10):
+            graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+    del graphs, graph
+    return start.elapsed_time(end) / replays
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--variants", default="plain,no_attention,no_norms,no_silu,linears_only,"
+                                         "fused,pdl,prefetch_32_0")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--replays", type=int, default=200)
+    p.add_argument("--prompt-len", type=int, default=1024)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE")
+    a = p.parse_args(argv)
+    opts = {"max_model_len": 8192, "max_num_seqs": 1, "cuda_graph_max_batch": 1,
+            **parse_engine_opts(a.engine_opt)}  # fmt: skip
+    llm = LLM(a.model, progress=False, **opts)
+    _steady_request(llm, a.prompt_len)
+    runner = llm.core.runner
+    names = [n.strip() for n in a.variants.split(",") if n.strip()]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(a.rounds):
+        for name in names:
+            times[name].append(time_variant(name, runner, a.replays))
+            torch.cuda.empty_cache()
+    med = {n: statistics.median(t) for n, t in times.items()}
+    out = {
+        "benchmark": "decode_variants",
+        "device": torch.cuda.get_device_name(),
+        "versions": {"torch": torch.__version__},
+        "command": " ".join(sys.argv),
+        "engine_options": {k: str(v) for k, v in opts.items()},
+        "what": "ms per replay of the batch-1 decode graph body (no LM head, no sampling)",
+        "median_ms": med,
+        "rounds_ms": times,
+    }
+    for n in names:
+        delta = med[n] - med.get("plain", med[n])
+        print(f"{n:>16}: {med[n]:.4f} ms  ({delta:+.4f} vs plain)", flush=True)
+    if a.out is not None:
+        a.out.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

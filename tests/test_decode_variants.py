@@ -1,0 +1,41 @@
+"""benchmarks/decode_variants.py's ablations change the step while active and leave the model
+as it was afterwards (the timings run on the GPU; this checks the patching on the CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from raylight.benchmarks.decode_variants import variant
+from raylight.engine.layers.attention import ForwardContext
+from raylight.engine.llm import LLM
+
+
+def _hidden(llm: LLM, backend) -> torch.Tensor:
+    """The model's forward on two tokens without attention state (the ablations that keep
+    attention are not called here)."""
+    model = llm.core.runner.model
+    ids, pos = torch.tensor([3, 5]), torch.tensor([0, 1])
+    ctx = ForwardContext(None, backend, [], [])
+    with torch.inference_mode():
+        return model(ids, pos, ctx)
+
+
+@pytest.mark.parametrize("name", ["no_attention", "linears_only"])
+def test_ablations_apply_and_undo(tiny_models: dict[str, Path], name: str) -> None:
+    llm = LLM(tiny_models["llama"], dtype="float32", device="cpu", max_model_len=64,
+              progress=False)  # fmt: skip
+    runner = llm.core.runner
+    with variant("no_attention", runner) as backend:
+        before = _hidden(llm, backend)
+    with variant(name, runner) as backend:
+        during = _hidden(llm, backend)
+    with variant("no_attention", runner) as backend:
+        after = _hidden(llm, backend)
+    assert torch.equal(before, after)
+    assert (name == "no_attention") == torch.equal(before, during)
+    assert not any("forward" in vars(m) for m in runner.model.modules())
+    with pytest.raises(ValueError, match="unknown variant"), variant("bogus", runner):
+        pass
