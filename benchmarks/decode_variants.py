@@ -4,8 +4,7 @@ process: no reloads, one machine, one KV state, so differences of 1% are visible
 The step is the decode graph's body (engine/cuda_graphs.py: ReqToToken write, embedding, the
 layers, the final norm), captured afresh for each variant and replayed with the static inputs
 of a real request decoding after a 1024-token prompt. Variants:
-- kernel choices: fused decode layers, PDL, SiLU-and-mul inside down_proj, L2 weight prefetch
-  (engine options);
+- kernel choices: fused decode layers, PDL, L2 weight prefetch (engine options);
 - ablations that drop one kind of work from the chain (attention with its rotary and KV store,
   the norms, SiLU-and-mul) to show what it costs in place, launch gaps included. An ablated
   step computes garbage by design; only its time is used.
@@ -76,9 +75,6 @@ def variant(name: str, runner) -> Iterator[object]:
             use_fused_kernels(model, True, True, pdl=True)
             stack.callback(use_fused_kernels, model, True, True, False)
             backend = make_attention_backend("triton", pdl=True)
-        elif name == "silu_in_down":
-            use_fused_kernels(model, True, True, silu_in_down=True)
-            stack.callback(use_fused_kernels, model, True, True)
         elif name.startswith("prefetch_"):  # prefetch_<attn MB>_<head MB>
             _, attn_mb, head_mb = name.split("_")
             model.weight_prefetch = WeightPrefetch.from_mb(float(attn_mb), float(head_mb))
@@ -131,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
     p.add_argument("--variants", default="plain,no_attention,no_norms,no_silu,linears_only,"
-                                         "fused,pdl,silu_in_down,prefetch_32_0")  # fmt: skip
+                                         "fused,pdl,prefetch_32_0")  # fmt: skip
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--replays", type=int, default=200)
     p.add_argument("--prompt-len", type=int, default=1024)

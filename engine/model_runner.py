@@ -92,7 +92,7 @@ class ModelRunner:
                 )
             model.load_weights(iter_weights(config.model_dir, self.device, progress))
         use_fused_kernels(model, config.fused_kernels, config.skinny_linear, config.pdl,
-                          config.fuse_decode_layers, config.silu_in_down_proj)  # fmt: skip
+                          config.fuse_decode_layers)  # fmt: skip
         if hasattr(type(model), "weight_prefetch"):
             model.weight_prefetch = WeightPrefetch.from_mb(
                 config.l2_prefetch_attn_mb, config.l2_prefetch_mb

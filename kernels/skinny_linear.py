@@ -66,13 +66,6 @@ def _tile_product(acc, x, w, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr):
 
 
 @triton.jit
-def _silu_mul_x(gate, up):
-    """silu(gate) * up in fp32, rounded to gate's dtype, as kernels/activation.py does."""
-    g = gate.to(tl.float32)
-    return (g * tl.sigmoid(g) * up.to(tl.float32)).to(gate.dtype)
-
-
-@triton.jit
 def _k_step(acc, acc_up, sum_sq, x, w, w_up, g_ptrs, k_ok,
             USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr, NORM: tl.constexpr,
             GATED: tl.constexpr):  # fmt: skip
@@ -118,12 +111,10 @@ def _skinny_linear_kernel(
     NORM: tl.constexpr = False,
     GATED: tl.constexpr = False,
     RESIDUAL: tl.constexpr = False,
-    GATED_X: tl.constexpr = False,
 ):
     """y[:, n] for BLOCK_N output features n; N counts outputs (GATED: W has 2N rows, gate
     rows then up rows, and y = silu(gate) * up). NORM: x is RMS-normalized with weight g first
-    (the per-row 1 / rms is applied to the fp32 sums at the end). RESIDUAL: y += res.
-    GATED_X: x has 2K columns [gate | up] and the product reads silu(gate) * up."""
+    (the per-row 1 / rms is applied to the fp32 sums at the end). RESIDUAL: y += res."""
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
@@ -156,8 +147,6 @@ def _skinny_linear_kernel(
                 w_up = tl.load(w_ptrs + up_offset, mask=k_ok[None, :], other=0.0)
         pdl_wait(USE_PDL)
         x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        if GATED_X:
-            x = _silu_mul_x(x, tl.load(x_ptrs + K, mask=m_ok[:, None] & k_ok[None, :], other=0.0))
         acc, acc_up, sum_sq = _k_step(acc, acc_up, sum_sq, x, w, w_up, g_ptrs, k_ok,
                                       USE_DOT, DOT_IN_FP32, NORM, GATED)  # fmt: skip
         w_ptrs += BLOCK_K
@@ -173,16 +162,11 @@ def _skinny_linear_kernel(
             if GATED:
                 w_up = tl.load(w_ptrs + up_offset)
             x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
-            if GATED_X:
-                x = _silu_mul_x(x, tl.load(x_ptrs + K, mask=m_ok[:, None], other=0.0))
         else:
             w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
             if GATED:
                 w_up = tl.load(w_ptrs + up_offset, mask=k_ok[None, :], other=0.0)
             x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            if GATED_X:
-                x = _silu_mul_x(x, tl.load(x_ptrs + K, mask=m_ok[:, None] & k_ok[None, :],
-                                           other=0.0))  # fmt: skip
         acc, acc_up, sum_sq = _k_step(acc, acc_up, sum_sq, x, w, w_up, g_ptrs, k_ok,
                                       USE_DOT, DOT_IN_FP32, NORM, GATED)  # fmt: skip
         w_ptrs += BLOCK_K
@@ -225,7 +209,6 @@ def skinny_linear(
     gated: bool = False,
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
-    gated_input: bool = False,
 ) -> torch.Tensor:
     """x [M, K] (M <= MAX_ROWS), weight [N, K], bias [N] or None -> y [M, N] in x's dtype.
 
@@ -233,8 +216,6 @@ def skinny_linear(
     kernel launch: `norm_weight` [K]: y = rmsnorm(x) W^T, x being the residual stream;
     `gated`: weight [2I, K] holds gate rows then up rows and y [M, I] = silu(gate) * up;
     `residual` [M, N]: y += residual. `out` [M, N] receives y (it may be `residual` itself).
-    `gated_input`: x [M, 2K] holds [gate | up] (gate_up's output) and y = (silu(gate) * up) W^T,
-    the SiLU-and-mul done on the loaded x tiles (down_proj without the SiLU launch).
     pdl: launch with programmatic dependent launch (kernels/_common.py); the first weight tile
     is then read before waiting for the previous kernel."""
     check_tensor("x", x, 2, FLOAT_DTYPES, "[M, K]")
@@ -244,13 +225,6 @@ def skinny_linear(
         raise ValueError(f"weight: must be contiguous [N, K], got strides {weight.stride()}")
     m, k = x.shape
     rows = weight.shape[0]
-    if gated_input:
-        if norm_weight is not None:
-            raise ValueError("gated_input and norm_weight cannot be combined")
-        if k != 2 * weight.shape[1]:
-            raise ValueError(f"x: gated_input needs 2 * K = {2 * weight.shape[1]} columns "
-                             f"[gate | up], got {k}")  # fmt: skip
-        k = weight.shape[1]
     check_dim("weight", weight, 1, k, "K, the input features")
     if m > MAX_ROWS:
         raise ValueError(f"x: at most {MAX_ROWS} rows (use F.linear above that), got {m}")
@@ -280,7 +254,7 @@ def skinny_linear(
         return y
     if k == 0:
         ref = skinny_linear_ref(x, weight, bias, norm_weight=norm_weight, eps=eps, gated=gated,
-                                residual=residual, gated_input=gated_input)  # fmt: skip
+                                residual=residual)  # fmt: skip
         return y.copy_(ref)
     cfg = config or choose_config(m, rows, k) or DEFAULT_CONFIG
     if x.dtype == torch.float32 and cfg.use_dot:  # tl.dot would round fp32 operands to tf32
@@ -316,7 +290,6 @@ def skinny_linear(
         NORM=norm_weight is not None,
         GATED=gated,
         RESIDUAL=residual is not None,
-        GATED_X=gated_input,
         num_warps=cfg.num_warps,
         **pdl_launch_options(use_pdl),
     )
@@ -332,13 +305,10 @@ def skinny_linear_ref(
     eps: float = 1e-6,
     gated: bool = False,
     residual: torch.Tensor | None = None,
-    gated_input: bool = False,
 ) -> torch.Tensor:
     """Reference: the unfused layers' ops and roundings (RMSNorm as engine/layers/norm.py,
     the product in fp32 rounded once to x's dtype, SiLU-and-mul and the residual add in fp32
     over rounded inputs)."""
-    if gated_input:
-        x = silu_and_mul_ref(x)
     if norm_weight is not None:
         x = rmsnorm_ref(x, norm_weight, eps)[0]
     b = None if bias is None else bias.float()

@@ -88,26 +88,3 @@ def test_fused_decode_logits_close_to_unfused_bf16(tiny_models: dict[str, Path])
             if d.finish_reason is not None:
                 del core.requests[d.request_id]
     assert checked >= 4
-
-
-def test_silu_in_down_proj_matches_the_separate_kernel(tiny_models: dict[str, Path]) -> None:
-    """silu_in_down_proj: down_proj's kernel applies SiLU-and-mul to gate_up's output (kernels
-    in the interpreter, fp32): greedy output equal to the engine without it, and the fused call
-    really ran."""
-    prompts = _prompts(3, seed=29)
-    arrivals = [0, 0, 1]
-    outs, gated_calls = [], []
-    for on in (False, True):
-        core = _core(tiny_models["llama"], silu_in_down_proj=on)
-        mlps = [layer.mlp for layer in core.runner.model.layers]
-        assert all(m.silu_in_down == on for m in mlps)
-        down = mlps[0].down_proj
-        forward_gated = down.forward_gated
-        down.forward_gated = lambda h, f=forward_gated: (gated_calls.append(1), f(h))[1]
-        outs.append([r.output_token_ids for r in run_to_completion(core, prompts, GREEDY,
-                                                                   arrivals)])  # fmt: skip
-        assert_pool_empty(core)
-        assert bool(gated_calls) == on
-    assert outs[1] == outs[0]
-    assert not _core(tiny_models["llama"], fast=False, silu_in_down_proj=True).runner.model \
-        .layers[0].mlp.silu_in_down  # needs skinny_linear  # fmt: skip

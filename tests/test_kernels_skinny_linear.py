@@ -139,20 +139,15 @@ FUSED = {
     "residual": dict(residual=True),
     "norm-gated-bias": dict(norm=True, gated=True, bias=True),
     "norm-bias": dict(norm=True, bias=True),
-    "gated-input": dict(gated_input=True),
-    "gated-input-residual-bias": dict(gated_input=True, residual=True, bias=True),
 }
 
 
 def _fused_case(dtype, m: int, n: int, k: int, norm=False, gated=False, residual=False,
-                bias=False, gated_input=False):  # fmt: skip
+                bias=False):  # fmt: skip
     gen = torch.Generator().manual_seed(m * 5 + n + k)
     rows = 2 * n if gated else n
     kw = {"gated": gated}
-    # A residual stream, not unit scale; with gated_input, gate_up's output [gate | up].
-    x = (3 * torch.randn(m, 2 * k if gated_input else k, generator=gen)).to(dtype)
-    if gated_input:
-        kw["gated_input"] = True
+    x = (3 * torch.randn(m, k, generator=gen)).to(dtype)  # a residual stream, not unit scale
     w = (torch.randn(rows, k, generator=gen) / k**0.5).to(dtype)
     b = torch.randn(rows, generator=gen).to(dtype) if bias else None
     if norm:
@@ -163,14 +158,9 @@ def _fused_case(dtype, m: int, n: int, k: int, norm=False, gated=False, residual
     return x, w, b, kw
 
 
-def _exact(x, w, b, norm_weight=None, eps=0.0, gated=False, residual=None,
-           gated_input=False) -> torch.Tensor:  # fmt: skip
-    """float64 from the definitions, no intermediate rounding (but the rounding of the
-    SiLU-and-mul output that the unfused down_proj reads)."""
+def _exact(x, w, b, norm_weight=None, eps=0.0, gated=False, residual=None) -> torch.Tensor:
+    """float64 from the definitions, no intermediate rounding."""
     x = x.double()
-    if gated_input:
-        gate, up = x.chunk(2, dim=-1)
-        x = (F.silu(gate) * up).to(w.dtype).double()
     if norm_weight is not None:
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm_weight.double()
     y = x @ w.double().t() + (0 if b is None else b.double())
@@ -211,10 +201,6 @@ def test_residual_epilogue_in_place_and_errors() -> None:
         skinny_linear(x, w, gated=True, residual=torch.zeros(2, 40))
     with pytest.raises(ValueError, match="norm_weight"):
         skinny_linear(x, w, norm_weight=torch.ones(63))
-    with pytest.raises(ValueError, match="gated_input needs 2 \\* K = 128"):
-        skinny_linear(x, w, gated_input=True)
-    with pytest.raises(ValueError, match="cannot be combined"):
-        skinny_linear(torch.cat([x, x], 1), w, gated_input=True, norm_weight=torch.ones(64))
 
 
 def test_fused_configs_from_the_sweep_table(tmp_path, monkeypatch) -> None:

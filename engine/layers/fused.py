@@ -23,20 +23,15 @@ def use_fused_kernels(
     skinny_linear: bool = False,
     pdl: bool = False,
     fuse_decode: bool = False,
-    silu_in_down: bool = False,
 ) -> int:
     """Sets `fused` on every fusable layer of `model`, `skinny` on every linear layer, and
     `pdl` (programmatic dependent launch of their Triton kernels) on both; returns how many
     layers it set. `fuse_decode` (with both kernel families on) sets `fused_decode` on models
-    that have it: their small-batch steps run norms and activations inside the linear kernels.
-    `silu_in_down` (with skinny_linear) sets `silu_in_down` on MLPs that have it: down_proj's
-    small-batch kernel applies SiLU-and-mul to gate_up's output itself."""
+    that have it: their small-batch steps run norms and activations inside the linear kernels."""
     count = 0
     for module in model.modules():
         if hasattr(type(module), "fused_decode"):
             module.fused_decode = fuse_decode and enabled and skinny_linear
-        if hasattr(type(module), "silu_in_down"):
-            module.silu_in_down = silu_in_down and skinny_linear
         if isinstance(module, _FUSABLE):
             module.fused = enabled
         elif isinstance(module, _LINEAR):

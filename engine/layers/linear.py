@@ -176,24 +176,6 @@ class RowParallelLinear(nn.Module):
         y = self.tp.all_reduce(linear(x, self.weight, None, self.skinny, self.pdl))
         return y if self.bias is None else y + self.bias
 
-    def takes_gated(self, gate_up: torch.Tensor) -> bool:
-        """Whether `forward_gated` runs on `gate_up` [T, 2 * in_local]: the small-batch kernel
-        is on and chosen for this shape."""
-        return (self.skinny and gate_up.dim() == 2 and gate_up.shape[0] <= MAX_ROWS
-                and gate_up.stride(-1) == 1 and gate_up.shape[1] == 2 * self.in_local
-                and self._gated_config(gate_up.shape[0]) is not None)  # fmt: skip
-
-    def forward_gated(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """forward(silu(gate) * up) for gate_up = [gate | up], the SiLU-and-mul done inside the
-        small-batch kernel on its loaded tiles (one launch fewer; `takes_gated` first)."""
-        config = self._gated_config(gate_up.shape[0])
-        y = skinny_linear(gate_up, self.weight, None, config, self.pdl, gated_input=True)
-        y = self.tp.all_reduce(y)
-        return y if self.bias is None else y + self.bias
-
-    def _gated_config(self, rows: int):
-        return choose_config(rows, self.out_features, self.in_local, prefer_kernel=self.pdl)
-
     def load_shard(self, name: str, loaded: torch.Tensor, shard: int = 0) -> None:
         if loaded.dim() == 1:
             check_shape(name, loaded, (self.out_features,))

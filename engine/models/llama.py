@@ -57,10 +57,6 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    # down_proj applies SiLU-and-mul to gate_up's output itself where its small-batch kernel
-    # runs (engine option silu_in_down_proj; set by layers.fused.use_fused_kernels).
-    silu_in_down: bool = False
-
     def __init__(self, cfg: ModelArchConfig, tp: TPGroup, dtype: torch.dtype):
         super().__init__()
         inter = cfg.intermediate_size
@@ -71,10 +67,7 @@ class LlamaMLP(nn.Module):
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.gate_up_proj(x)
-        if self.silu_in_down and self.down_proj.takes_gated(h):
-            return self.down_proj.forward_gated(h)
-        return self.down_proj(self.act(h))
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -124,13 +117,9 @@ class LlamaDecoderLayer(nn.Module):
         prefetch.join()
         h = mlp.gate_up_proj(h)
         prefetch.start(mlp.down_proj.weight, prefetch.head_bytes)
-        if mlp.silu_in_down and mlp.down_proj.takes_gated(h):
-            prefetch.join()
-            h = mlp.down_proj.forward_gated(h)
-        else:
-            h = mlp.act(h)
-            prefetch.join()
-            h = mlp.down_proj(h)
+        h = mlp.act(h)
+        prefetch.join()
+        h = mlp.down_proj(h)
         prefetch.start(next_weight, prefetch.head_bytes)
         return h, residual
 
