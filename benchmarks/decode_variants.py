@@ -4,7 +4,8 @@ process: no reloads, one machine, one KV state, so differences of 1% are visible
 The step is the decode graph's body (engine/cuda_graphs.py: ReqToToken write, embedding, the
 layers, the final norm), captured afresh for each variant and replayed with the static inputs
 of a real request decoding after a 1024-token prompt. Variants:
-- kernel choices: fused decode layers, PDL, L2 weight prefetch (engine options);
+- kernel choices: fused decode layers, PDL (engine options), decode-attention split counts,
+  RMSNorm warps;
 - ablations that drop one kind of work from the chain (attention with its rotary and KV store,
   the norms, SiLU-and-mul) to show what it costs in place, launch gaps included. An ablated
   step computes garbage by design; only its time is used.
@@ -33,9 +34,9 @@ from raylight.engine.layers.activation import SiluAndMul
 from raylight.engine.layers.attention import Attention
 from raylight.engine.layers.fused import use_fused_kernels
 from raylight.engine.layers.norm import RMSNorm
-from raylight.engine.layers.weight_prefetch import WeightPrefetch
 from raylight.engine.llm import LLM
 from raylight.engine.sampling_params import SamplingParams
+from raylight.kernels import decode_attention, rmsnorm
 
 
 @contextlib.contextmanager
@@ -49,6 +50,16 @@ def _patched(model: torch.nn.Module, kind: type, forward: Callable) -> Iterator[
     finally:
         for m in modules:
             del m.forward
+
+
+@contextlib.contextmanager
+def _set(module: object, name: str, value: object) -> Iterator[None]:
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
 
 
 def _no_attention(q, k, v, positions, rope, ctx):
@@ -71,14 +82,16 @@ def variant(name: str, runner) -> Iterator[object]:
         if name == "fused":
             model.fused_decode = True
             stack.callback(setattr, model, "fused_decode", False)
+        elif name.startswith("splits_"):  # every decode attention with this many splits
+            splits = int(name.removeprefix("splits_"))
+            stack.enter_context(_set(decode_attention, "choose_num_splits",
+                                     lambda *args: splits))  # fmt: skip
+        elif name.startswith("norm_warps_"):
+            stack.enter_context(_set(rmsnorm, "MAX_WARPS", int(name.removeprefix("norm_warps_"))))
         elif name == "pdl":
             use_fused_kernels(model, True, True, pdl=True)
             stack.callback(use_fused_kernels, model, True, True, False)
             backend = make_attention_backend("triton", pdl=True)
-        elif name.startswith("prefetch_"):  # prefetch_<attn MB>_<head MB>
-            _, attn_mb, head_mb = name.split("_")
-            model.weight_prefetch = WeightPrefetch.from_mb(float(attn_mb), float(head_mb))
-            stack.callback(setattr, model, "weight_prefetch", None)
         else:
             drops = {"no_attention": ["attention"], "no_norms": ["norms"], "no_silu": ["silu"],
                      "linears_only": ["attention", "norms", "silu"]}  # fmt: skip
@@ -127,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
     p.add_argument("--variants", default="plain,no_attention,no_norms,no_silu,linears_only,"
-                                         "fused,pdl,prefetch_32_0")  # fmt: skip
+                                         "fused,pdl")  # fmt: skip
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--replays", type=int, default=200)
     p.add_argument("--prompt-len", type=int, default=1024)

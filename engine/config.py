@@ -57,12 +57,6 @@ class EngineOptions:
     # slower on the H200 (batch-1 TPOT 4.83 vs 4.61 ms, and 21 ms per step at batch 8:
     # benchmarks/results/h200-2026-12-02-split-latency-fuse-decode-layers.json, ...-profile-*).
     fuse_decode_layers: bool = False
-    # L2 prefetch of weights in CUDA-graph decode steps of at most 8 rows (Hopper and later;
-    # engine/layers/weight_prefetch.py): MB of o_proj's weights read into L2 while rotary and
-    # attention run, and MB of the next linear layer's weights while each norm or SiLU runs.
-    # 0 and 0: off.
-    l2_prefetch_attn_mb: float = 0.0
-    l2_prefetch_mb: float = 0.0
     # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
@@ -108,8 +102,6 @@ class EngineConfig:
     skinny_linear: bool = False
     pdl: bool = False  # only on CUDA
     fuse_decode_layers: bool = False
-    l2_prefetch_attn_mb: float = 0.0
-    l2_prefetch_mb: float = 0.0
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
@@ -187,8 +179,6 @@ def resolve_engine_config(
         ),
         pdl=options.pdl and _supports_pdl(device),
         fuse_decode_layers=options.fuse_decode_layers,
-        l2_prefetch_attn_mb=float(options.l2_prefetch_attn_mb),
-        l2_prefetch_mb=float(options.l2_prefetch_mb),
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
         prefill_graph_max_tokens=options.prefill_graph_max_tokens,

@@ -23,7 +23,6 @@ from raylight.engine.host_to_device import HostToDevice
 from raylight.engine.kv_sizing import MemoryProfile, profile_kv_bytes
 from raylight.engine.layers.attention import ForwardContext
 from raylight.engine.layers.fused import use_fused_kernels
-from raylight.engine.layers.weight_prefetch import WeightPrefetch
 from raylight.engine.models.registry import model_class
 from raylight.engine.parallel import TPGroup
 from raylight.engine.prefill_graphs import PrefillGraphs
@@ -93,10 +92,6 @@ class ModelRunner:
             model.load_weights(iter_weights(config.model_dir, self.device, progress))
         use_fused_kernels(model, config.fused_kernels, config.skinny_linear, config.pdl,
                           config.fuse_decode_layers)  # fmt: skip
-        if hasattr(type(model), "weight_prefetch"):
-            model.weight_prefetch = WeightPrefetch.from_mb(
-                config.l2_prefetch_attn_mb, config.l2_prefetch_mb
-            )
         self.model = model.eval()
         self.backend = make_attention_backend(config.attention_backend, pdl=config.pdl)
         graph_batch = self._graph_max_batch(tp)

@@ -22,6 +22,8 @@ from raylight.kernels._common import (
 )
 from raylight.kernels._common_jit import pdl_release, pdl_wait
 
+MAX_WARPS = 16  # warps per row: one per 512 columns up to this
+
 
 @triton.jit
 def _rmsnorm_kernel(
@@ -78,7 +80,7 @@ def _launch(
 ) -> None:
     hidden = x.shape[1]
     block = triton.next_power_of_2(hidden)
-    num_warps = min(16, max(1, block // 512))
+    num_warps = min(MAX_WARPS, max(1, block // 512))
     res = residual if residual is not None else x
     res_o = res_out if res_out is not None else out
     use_pdl = pdl_enabled(pdl, x)

@@ -39,3 +39,16 @@ def test_ablations_apply_and_undo(tiny_models: dict[str, Path], name: str) -> No
     assert not any("forward" in vars(m) for m in runner.model.modules())
     with pytest.raises(ValueError, match="unknown variant"), variant("bogus", runner):
         pass
+
+
+def test_launch_setting_variants_are_undone(tiny_models: dict[str, Path]) -> None:
+    from raylight.kernels import decode_attention, rmsnorm
+
+    llm = LLM(tiny_models["llama"], dtype="float32", device="cpu", max_model_len=64,
+              progress=False)  # fmt: skip
+    choose, warps = decode_attention.choose_num_splits, rmsnorm.MAX_WARPS
+    with variant("splits_8", llm.core.runner):
+        assert decode_attention.choose_num_splits(1, 8, 8192, 132) == 8
+    with variant("norm_warps_2", llm.core.runner):
+        assert rmsnorm.MAX_WARPS == 2
+    assert decode_attention.choose_num_splits is choose and rmsnorm.MAX_WARPS == warps

@@ -50,7 +50,6 @@ def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: i
         "cp_async": "cp.async" in ptx,
         "byte_smem_loads": sass.count("LDS.U8"),
         "griddepcontrol": "griddepcontrol" in ptx,
-        "bulk_l2_prefetch": "UBLKPF.L2" in sass,
     }
 
 
@@ -69,7 +68,6 @@ def _compile_all() -> list[dict]:
         activation,
         decode_attention,
         kv_store,
-        l2_prefetch,
         prefill_attention,
         rmsnorm,
         rope_kv_store,
@@ -140,8 +138,6 @@ def _compile_all() -> list[dict]:
         _compile(top_p._top_p_cut_kernel,
                  {"values_ptr": "*fp32", "top_p_ptr": "*fp32", "tau_ptr": "*fp32",
                   "ties_ptr": "*i32"}, dict(BLOCK=1024), 16, 1),  # fmt: skip
-        _compile(l2_prefetch._l2_prefetch_kernel, {"base_ptr": "*u8"},
-                 dict(CHUNK=l2_prefetch.DEFAULT_CHUNK, LANES=l2_prefetch.LANES), 1, 1),
     ]
 
 
@@ -208,7 +204,7 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 27
+    assert len(results) == 26
     pdl = {name: results.pop(name) for name in list(results) if name.endswith("_pdl")}
     assert len(pdl) == 6 and all(r["griddepcontrol"] for r in pdl.values()), pdl
     for r in pdl.values():  # PDL adds no spills either
@@ -232,9 +228,6 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     # plain FP8 build reads the transposed V operand one byte per load).
     pairs = results["_decode_stage1_fp8_v_pairs"]
     assert pairs["cp_async"] and pairs["byte_smem_loads"] == 0, pairs
-    # The L2 prefetch is one TMA bulk prefetch per lane, and nothing else reads memory.
-    assert results["_l2_prefetch_kernel"]["bulk_l2_prefetch"], results["_l2_prefetch_kernel"]
-    assert not any(r["bulk_l2_prefetch"] for n, r in results.items() if n != "_l2_prefetch_kernel")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from raylight.engine.layers.linear import (
 )
 from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.layers.rotary import RotaryEmbedding
-from raylight.engine.layers.weight_prefetch import WeightPrefetch
 from raylight.engine.model_config import ModelArchConfig
 from raylight.engine.parallel import TPGroup
 
@@ -91,38 +90,6 @@ class LlamaDecoderLayer(nn.Module):
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
-    def forward_prefetching(
-        self,
-        x: torch.Tensor,
-        residual: torch.Tensor | None,
-        positions: torch.Tensor,
-        rope: RotaryEmbedding,
-        ctx: ForwardContext,
-        prefetch: WeightPrefetch,
-        next_weight: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`forward`, with each linear layer's weights prefetched into L2 while the kernels
-        before it run (engine/layers/weight_prefetch.py); `next_weight` is the weight read after
-        this layer (the next layer's qkv, or the LM head)."""
-        attn, mlp = self.self_attn, self.mlp
-        h, residual = self.input_layernorm(x, residual)
-        prefetch.join()
-        qkv = attn.qkv_proj(h)
-        prefetch.start(attn.o_proj.weight, prefetch.attn_bytes)
-        h = attn.attend(qkv, positions, rope, ctx)
-        prefetch.join()
-        h = attn.o_proj(h)
-        prefetch.start(mlp.gate_up_proj.weight, prefetch.head_bytes)
-        h, residual = self.post_attention_layernorm(h, residual)
-        prefetch.join()
-        h = mlp.gate_up_proj(h)
-        prefetch.start(mlp.down_proj.weight, prefetch.head_bytes)
-        h = mlp.act(h)
-        prefetch.join()
-        h = mlp.down_proj(h)
-        prefetch.start(next_weight, prefetch.head_bytes)
-        return h, residual
-
     def forward_fused(
         self, stream: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
         ctx: ForwardContext,
@@ -145,7 +112,6 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     fused_decode: bool = False  # set by layers.fused.use_fused_kernels (fuse_decode_layers)
-    weight_prefetch: WeightPrefetch | None = None  # set by the model runner (l2_prefetch_*_mb)
 
     def __init__(self, cfg: ModelArchConfig, tp: TPGroup, dtype: torch.dtype, max_positions: int):
         super().__init__()
@@ -171,17 +137,6 @@ class LlamaForCausalLM(nn.Module):
                 x = layer.forward_fused(x, positions, self.rope, ctx)
             return self.norm(x)[0]
         residual = None
-        prefetch = self.weight_prefetch
-        if prefetch is not None and prefetch.active(x):
-            layers = list(self.layers)
-            after = [layer.self_attn.qkv_proj.weight for layer in layers[1:]]
-            for layer, next_weight in zip(layers, after + [self.lm_head.weight]):
-                x, residual = layer.forward_prefetching(
-                    x, residual, positions, self.rope, ctx, prefetch, next_weight
-                )
-            out = self.norm(x, residual)[0]
-            prefetch.join()
-            return out
         for layer in self.layers:
             x, residual = layer(x, residual, positions, self.rope, ctx)
         return self.norm(x, residual)[0]
