@@ -11,6 +11,11 @@ of a real request decoding after a 1024-token prompt. Variants:
   step computes garbage by design; only its time is used.
 Variants alternate over --rounds rounds; each figure is the median of the rounds.
 
+The timed replays sit in an NVTX range "decode_step". The device machine has Nsight Compute
+(/usr/local/cuda/bin/ncu), but on 2026-12-02 `ncu --nvtx --nvtx-include "decode_step/"
+--graph-profiling node` over this script had not finished loading the engine after 300 s
+(every kernel of the load is intercepted). Profile a short kernel-only script instead.
+
     TRITON_INTERPRET=0 python -m raylight.benchmarks.decode_variants --model DIR [--out FILE]
         [--variants plain,fused,...] [--rounds 3] [--replays 200]
 """
@@ -128,8 +133,9 @@ def time_variant(name: str, runner, replays: int) -> float:
             graph.replay()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(replays):
-            graph.replay()
+        with torch.cuda.nvtx.range("decode_step"):  # for ncu --nvtx-include "decode_step/"
+            for _ in range(replays):
+                graph.replay()
         end.record()
         end.synchronize()
     del graphs, graph
