@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import triton
 
 from raylight.benchmarks.gpu_bench_cli import parse_engine_opts
 from raylight.engine.attention.registry import make_attention_backend
@@ -82,11 +83,13 @@ def _no_silu(x):
 @contextlib.contextmanager
 def variant(name: str, runner) -> Iterator[object]:
     """Sets up variant `name` on the runner's model; yields the attention backend to use."""
-    model, backend = runner.model, runner.backend
+    model, backend, c = runner.model, runner.backend, runner.config
     with contextlib.ExitStack() as stack:
+        if name in ("fused", "pdl"):  # restored to the engine's own settings afterwards
+            stack.callback(use_fused_kernels, model, c.fused_kernels, c.skinny_linear, c.pdl,
+                           c.fuse_decode_layers)  # fmt: skip
         if name == "fused":
-            model.fused_decode = True
-            stack.callback(setattr, model, "fused_decode", False)
+            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl, fuse_decode=True)
         elif name.startswith("splits_"):  # every decode attention with this many splits
             splits = int(name.removeprefix("splits_"))
             stack.enter_context(_set(decode_attention, "choose_num_splits",
@@ -94,9 +97,8 @@ def variant(name: str, runner) -> Iterator[object]:
         elif name.startswith("norm_warps_"):
             stack.enter_context(_set(rmsnorm, "MAX_WARPS", int(name.removeprefix("norm_warps_"))))
         elif name == "pdl":
-            use_fused_kernels(model, True, True, pdl=True)
-            stack.callback(use_fused_kernels, model, True, True, False)
-            backend = make_attention_backend("triton", pdl=True)
+            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers)
+            backend = make_attention_backend(c.attention_backend, pdl=True)
         else:
             drops = {"no_attention": ["attention"], "no_norms": ["norms"], "no_silu": ["silu"],
                      "linears_only": ["attention", "norms", "silu"]}  # fmt: skip
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "decode_variants",
         "device": torch.cuda.get_device_name(),
-        "versions": {"torch": torch.__version__},
+        "versions": {"torch": torch.__version__, "triton": triton.__version__},
         "command": " ".join(sys.argv),
         "engine_options": {k: str(v) for k, v in opts.items()},
         "what": "ms per replay of the batch-1 decode graph body (no LM head, no sampling)",

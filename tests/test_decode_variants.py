@@ -52,3 +52,24 @@ def test_launch_setting_variants_are_undone(tiny_models: dict[str, Path]) -> Non
     with variant("norm_warps_2", llm.core.runner):
         assert rmsnorm.MAX_WARPS == 2
     assert decode_attention.choose_num_splits is choose and rmsnorm.MAX_WARPS == warps
+
+
+def test_kernel_variants_restore_the_engine_settings(tiny_models: dict[str, Path]) -> None:
+    """fused / pdl switch the model's flags for the variant and put back the engine's own
+    (here: the CPU defaults, kernels off), not the CUDA ones."""
+    llm = LLM(tiny_models["llama"], dtype="float32", device="cpu", max_model_len=64,
+              progress=False)  # fmt: skip
+    runner = llm.core.runner
+    model = runner.model
+    linear = model.layers[0].mlp.down_proj
+
+    def flags() -> tuple:
+        return model.fused_decode, linear.skinny, linear.pdl
+
+    before = flags()
+    assert before == (False, False, False)
+    with variant("pdl", runner):
+        assert linear.pdl
+    with variant("fused", runner):
+        assert not model.fused_decode  # needs the kernels, which the CPU engine has off
+    assert flags() == before
