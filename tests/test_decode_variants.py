@@ -64,10 +64,12 @@ def test_kernel_variants_restore_the_engine_settings(tiny_models: dict[str, Path
     linear = model.layers[0].mlp.down_proj
 
     def flags() -> tuple:
-        return model.fused_decode, linear.skinny, linear.pdl
+        return model.fused_decode, linear.skinny, linear.pdl, model.layers[0].mlp.one_kernel
 
     before = flags()
-    assert before == (False, False, False)
+    assert before == (False, False, False, False)
+    with variant("decode_mlp", runner):
+        assert all(layer.mlp.one_kernel for layer in model.layers)
     with variant("pdl", runner):
         assert linear.pdl
     with variant("fused", runner):

@@ -25,6 +25,8 @@ from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.layers.rotary import RotaryEmbedding
 from raylight.engine.model_config import ModelArchConfig
 from raylight.engine.parallel import TPGroup
+from raylight.kernels.decode_mlp import MAX_ROWS as DECODE_MLP_MAX_ROWS
+from raylight.kernels.decode_mlp import decode_mlp
 
 
 class LlamaAttention(nn.Module):
@@ -56,6 +58,8 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
+    one_kernel: bool = False  # set by layers.fused.use_fused_kernels (decode_mlp_kernel)
+
     def __init__(self, cfg: ModelArchConfig, tp: TPGroup, dtype: torch.dtype):
         super().__init__()
         inter = cfg.intermediate_size
@@ -64,9 +68,30 @@ class LlamaMLP(nn.Module):
         )
         self.down_proj = RowParallelLinear(inter, cfg.hidden_size, cfg.mlp_bias, tp, dtype)
         self.act = SiluAndMul()
+        self.tp_size = tp.size
+        self.has_bias = cfg.mlp_bias
+        # The one-kernel path's grid barrier state (kernels/decode_mlp.py), one per layer.
+        self.register_buffer("barrier", torch.zeros(2, dtype=torch.int32), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
+
+    def one_kernel_fits(self, h: torch.Tensor) -> bool:
+        """Whether `forward_one_kernel` takes these rows: the option on, one rank (down_proj's
+        all-reduce would sit inside the kernel), no bias, a decode batch of at most 8 rows."""
+        return (
+            self.one_kernel and self.tp_size == 1 and not self.has_bias and h.dim() == 2
+            and 1 <= h.shape[0] <= DECODE_MLP_MAX_ROWS and h.stride(-1) == 1
+            and h.dtype == self.down_proj.weight.dtype
+        )  # fmt: skip
+
+    def forward_one_kernel(
+        self, h: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """norm(h + residual) then this MLP, as one kernel (kernels/decode_mlp.py): returns
+        (the MLP's output, h + residual), as `norm` and `forward` would."""
+        return decode_mlp(h, residual, norm.weight, norm.eps, self.gate_up_proj.weight,
+                          self.down_proj.weight, self.barrier)  # fmt: skip
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -87,6 +112,8 @@ class LlamaDecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, residual = self.input_layernorm(x, residual)
         h = self.self_attn(h, positions, rope, ctx)
+        if self.mlp.one_kernel_fits(h):
+            return self.mlp.forward_one_kernel(h, residual, self.post_attention_layernorm)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 

@@ -1,0 +1,68 @@
+"""Engine option decode_mlp_kernel (the post-attention norm and the MLP as one kernel,
+kernels/decode_mlp.py) on the CPU, kernels in the interpreter: greedy output against the plain
+torch path (itself checked against HF transformers in tests/test_engine_hf.py), with decode
+batches of 1 to 5 rows beside new prompts; the kernel really runs; no KV slot leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import raylight.engine.models.llama as llama
+from raylight.engine.config import EngineOptions
+from raylight.engine.llm import create_engine_core
+from raylight.engine.sampling_params import SamplingParams
+
+from .engine_helpers import assert_pool_empty, run_to_completion
+from .test_decode_fusion import _prompts
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+
+
+def _core(model: Path, **opts: object):
+    options = EngineOptions(dtype="float32", device="cpu", max_model_len=256, num_kv_slots=2048,
+                            max_num_seqs=8, **opts)  # fmt: skip
+    return create_engine_core(model, options, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # plain, q/k norms
+def test_decode_mlp_matches_the_torch_path(
+    tiny_models: dict[str, Path], arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    kernel = llama.decode_mlp
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(llama, "decode_mlp", counted)
+    prompts = _prompts(5, seed=len(arch))
+    arrivals = [0, 0, 1, 2, 2]
+    want = [r.output_token_ids for r in run_to_completion(_core(tiny_models[arch]), prompts,
+                                                          GREEDY, arrivals)]  # fmt: skip
+    assert not calls
+    core = _core(tiny_models[arch], decode_mlp_kernel=True, attention_backend="triton")
+    got = [r.output_token_ids for r in run_to_completion(core, prompts, GREEDY, arrivals)]
+    assert got == want
+    layers = core.config.arch.num_layers
+    assert len(calls) >= 4 * layers and max(calls) <= 8  # >= 4 steps of <= 8 rows
+    assert_pool_empty(core)
+
+
+def test_option_is_off_by_default_and_skips_bias_and_big_batches(
+    tiny_models: dict[str, Path],
+) -> None:
+    import torch
+
+    assert not any(getattr(m, "one_kernel", False)
+                   for m in _core(tiny_models["llama"]).runner.model.modules())  # fmt: skip
+    mlp = _core(tiny_models["llama"], decode_mlp_kernel=True).runner.model.layers[0].mlp
+    hidden = mlp.down_proj.weight.shape[0]
+    assert mlp.one_kernel_fits(torch.zeros(8, hidden))
+    assert not mlp.one_kernel_fits(torch.zeros(9, hidden))  # a prefill-sized step
+    assert not mlp.one_kernel_fits(torch.zeros(2, hidden, dtype=torch.float64))
+    mlp.has_bias = True
+    assert not mlp.one_kernel_fits(torch.zeros(1, hidden))
