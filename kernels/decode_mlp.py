@@ -47,11 +47,12 @@ MAX_ROWS = 8  # decode batches up to this; beyond, the layer's own kernels run
 
 @dataclass(frozen=True, slots=True)
 class DecodeMLPConfig:
-    """Launch settings. programs: grid size, 0 = one per SM (never more than the SMs).
-    Each program owns ceil(I / programs) gate (and up) rows and ceil(H / programs) down rows,
-    walked as row groups of *_block_n rows by K chunks of *_block_k."""
+    """Launch settings. The grid is programs_per_sm programs on each SM; more than one needs
+    `cooperative` (CUDA then refuses a grid that cannot be resident at once, which would hang at
+    the barrier). Each program owns ceil(I / programs) gate (and up) rows and ceil(H / programs)
+    down rows, walked as row groups of *_block_n rows by K chunks of *_block_k."""
 
-    programs: int = 0
+    programs_per_sm: int = 1
     gu_block_n: int = 16
     gu_block_k: int = 512
     d_block_n: int = 8
@@ -246,9 +247,9 @@ def decode_mlp(
     m, hidden = h.shape
     inter = gate_up_weight.shape[0] // 2
     apart = interpreting(h)
-    programs = config.programs or (8 if apart else _sm_count(h.device))
-    if not apart:
-        programs = min(programs, _sm_count(h.device))  # all resident, or the barrier hangs
+    if config.programs_per_sm < 1 or (config.programs_per_sm > 1 and not config.cooperative):
+        raise ValueError(f"config: programs_per_sm > 1 needs cooperative=True, got {config}")
+    programs = config.programs_per_sm * (4 if apart else _sm_count(h.device))
     gu_rows = triton.cdiv(inter, programs)
     d_rows = triton.cdiv(hidden, programs)
     act = torch.empty((m, inter), dtype=h.dtype, device=h.device)

@@ -17,12 +17,14 @@ from raylight.kernels.decode_mlp import (
 )
 
 CONFIGS = {
-    "groups": DecodeMLPConfig(programs=5, gu_block_n=4, gu_block_k=32, d_block_n=4,
-                              d_block_k=64, num_warps=4, num_stages=2),  # fmt: skip
-    "one-group": DecodeMLPConfig(programs=3, gu_block_n=64, gu_block_k=64, d_block_n=32,
-                                 d_block_k=256, num_warps=4, num_stages=1),  # fmt: skip
-    "many-programs": DecodeMLPConfig(programs=40, gu_block_n=8, gu_block_k=16, d_block_n=2,
-                                     d_block_k=32, num_warps=2, num_stages=3),  # fmt: skip
+    # in the interpreter, 4 programs per programs_per_sm
+    "groups": DecodeMLPConfig(gu_block_n=4, gu_block_k=32, d_block_n=4, d_block_k=64,
+                              num_warps=4, num_stages=2),  # fmt: skip
+    "one-group": DecodeMLPConfig(gu_block_n=64, gu_block_k=64, d_block_n=32, d_block_k=256,
+                                 num_warps=4, num_stages=1),  # fmt: skip
+    "many-programs": DecodeMLPConfig(programs_per_sm=10, gu_block_n=8, gu_block_k=16,
+                                     d_block_n=2, d_block_k=32, num_warps=2, num_stages=3,
+                                     cooperative=True),  # fmt: skip
 }
 TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (3e-2, 3e-2)}
 
@@ -75,5 +77,7 @@ def test_errors() -> None:
         decode_mlp(h, res, g, 1e-5, w_gu, w_d.T.contiguous(), bar)
     with pytest.raises(ValueError, match="residual: expected dtype"):
         decode_mlp(h, res.double(), g, 1e-5, w_gu, w_d, bar)
+    with pytest.raises(ValueError, match="needs cooperative"):
+        decode_mlp(h, res, g, 1e-5, w_gu, w_d, bar, DecodeMLPConfig(programs_per_sm=2))
     with pytest.raises(ValueError, match="barrier"):
         decode_mlp(h, res, g, 1e-5, w_gu, w_d, torch.zeros(2, dtype=torch.int64))
