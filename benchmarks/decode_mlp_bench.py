@@ -147,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     rows = [int(r) for r in args.rows.split(",")]
     layers = make_layers(1 if args.smoke else args.layers, device)
-    checks = {m: check(layers[0], m, SWEEP[0 if args.smoke else 5], device) for m in rows}
+    checks = {}
+    for m in rows:
+        try:
+            checks[m] = check(layers[0], m, SWEEP[0 if args.smoke else 5], device)
+        except Exception as exc:  # a wrong result or a refused launch: recorded, fatal in --smoke
+            if args.smoke:
+                raise
+            checks[m] = {"error": repr(exc)[:300]}
     print(json.dumps({"checks": checks}), flush=True)
     if args.smoke:
         return 0
