@@ -42,7 +42,10 @@ from raylight.kernels._common import (
 from raylight.kernels.activation import silu_and_mul_ref
 from raylight.kernels.rmsnorm import rmsnorm_ref
 
-MAX_ROWS = 8  # decode batches up to this; beyond, the layer's own kernels run
+MAX_ROWS = 8  # the kernel takes decode batches up to this
+# The engine uses it at batch 1 only: at 2 rows it measured 101 us per layer against the
+# chain's 92, and at 4 the default grid no longer fits on the SMs at once.
+ENGINE_MAX_ROWS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +55,20 @@ class DecodeMLPConfig:
     the barrier). Each program owns ceil(I / programs) gate (and up) rows and ceil(H / programs)
     down rows, walked as row groups of *_block_n rows by K chunks of *_block_k."""
 
-    programs_per_sm: int = 1
-    gu_block_n: int = 16
-    gu_block_k: int = 512
-    d_block_n: int = 8
+    programs_per_sm: int = 4
+    gu_block_n: int = 4
+    gu_block_k: int = 1024
+    d_block_n: int = 4
     d_block_k: int = 1024
-    num_warps: int = 8
+    num_warps: int = 2
     num_stages: int = 3
-    cooperative: bool = False  # launch as a cooperative grid (CUDA checks co-residency)
+    cooperative: bool = True  # launch as a cooperative grid (CUDA checks co-residency)
 
 
+# The best of benchmarks/decode_mlp_bench.py's sweep on the H200 at batch 1: 92.0 us per layer
+# against 82.3 us of weight bytes (the four-kernel chain: 90.7 us), where one program per SM
+# with 4 warps took 132 us (benchmarks/results/h200-2026-12-02-decode-mlp-bench-*.json). Many
+# small programs keep more loads in flight than a few wide ones.
 DEFAULT_CONFIG = DecodeMLPConfig()
 
 

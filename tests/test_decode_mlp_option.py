@@ -39,6 +39,9 @@ def test_decode_mlp_matches_the_torch_path(
         return kernel(*args, **kwargs)
 
     monkeypatch.setattr(llama, "decode_mlp", counted)
+    # The engine takes the kernel at batch 1 only (where it wins on the H200); here every
+    # decode batch up to the kernel's 8 rows takes it, to check it beside the others.
+    monkeypatch.setattr(llama, "DECODE_MLP_MAX_ROWS", 8)
     prompts = _prompts(5, seed=len(arch))
     arrivals = [0, 0, 1, 2, 2]
     want = [r.output_token_ids for r in run_to_completion(_core(tiny_models[arch]), prompts,
@@ -52,7 +55,7 @@ def test_decode_mlp_matches_the_torch_path(
     assert_pool_empty(core)
 
 
-def test_option_is_off_by_default_and_skips_bias_and_big_batches(
+def test_option_is_off_by_default_and_takes_batch_1_without_bias(
     tiny_models: dict[str, Path],
 ) -> None:
     import torch
@@ -61,8 +64,29 @@ def test_option_is_off_by_default_and_skips_bias_and_big_batches(
                    for m in _core(tiny_models["llama"]).runner.model.modules())  # fmt: skip
     mlp = _core(tiny_models["llama"], decode_mlp_kernel=True).runner.model.layers[0].mlp
     hidden = mlp.down_proj.weight.shape[0]
-    assert mlp.one_kernel_fits(torch.zeros(8, hidden))
-    assert not mlp.one_kernel_fits(torch.zeros(9, hidden))  # a prefill-sized step
-    assert not mlp.one_kernel_fits(torch.zeros(2, hidden, dtype=torch.float64))
+    assert mlp.one_kernel_fits(torch.zeros(1, hidden))
+    assert not mlp.one_kernel_fits(torch.zeros(2, hidden))  # batch 1 only (ENGINE_MAX_ROWS)
+    assert not mlp.one_kernel_fits(torch.zeros(1, hidden, dtype=torch.float64))
     mlp.has_bias = True
     assert not mlp.one_kernel_fits(torch.zeros(1, hidden))
+
+
+def test_refused_cooperative_launch_falls_back(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device where the grid cannot be resident refuses the launch: the layer runs its own
+    kernels from then on, with the same result."""
+    import torch
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+
+    layer = _core(tiny_models["llama"], decode_mlp_kernel=True).runner.model.layers[0]
+    hidden = layer.mlp.down_proj.weight.shape[0]
+    h, res = torch.randn(1, hidden), torch.randn(1, hidden)
+    want = layer.mlp(layer.post_attention_layernorm(h, res)[0])
+    monkeypatch.setattr(llama, "decode_mlp", refused)
+    y, new_res = layer.mlp.forward_one_kernel(h, res, layer.post_attention_layernorm)
+    assert not layer.mlp.one_kernel
+    torch.testing.assert_close(y, want)
+    torch.testing.assert_close(new_res, h + res)

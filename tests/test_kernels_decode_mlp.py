@@ -78,6 +78,7 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="residual: expected dtype"):
         decode_mlp(h, res.double(), g, 1e-5, w_gu, w_d, bar)
     with pytest.raises(ValueError, match="needs cooperative"):
-        decode_mlp(h, res, g, 1e-5, w_gu, w_d, bar, DecodeMLPConfig(programs_per_sm=2))
+        decode_mlp(h, res, g, 1e-5, w_gu, w_d, bar,
+                   DecodeMLPConfig(programs_per_sm=2, cooperative=False))
     with pytest.raises(ValueError, match="barrier"):
         decode_mlp(h, res, g, 1e-5, w_gu, w_d, torch.zeros(2, dtype=torch.int64))

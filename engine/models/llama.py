@@ -25,7 +25,7 @@ from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.layers.rotary import RotaryEmbedding
 from raylight.engine.model_config import ModelArchConfig
 from raylight.engine.parallel import TPGroup
-from raylight.kernels.decode_mlp import MAX_ROWS as DECODE_MLP_MAX_ROWS
+from raylight.kernels.decode_mlp import ENGINE_MAX_ROWS as DECODE_MLP_MAX_ROWS
 from raylight.kernels.decode_mlp import decode_mlp
 
 
@@ -78,7 +78,8 @@ class LlamaMLP(nn.Module):
 
     def one_kernel_fits(self, h: torch.Tensor) -> bool:
         """Whether `forward_one_kernel` takes these rows: the option on, one rank (down_proj's
-        all-reduce would sit inside the kernel), no bias, a decode batch of at most 8 rows."""
+        all-reduce would sit inside the kernel), no bias, a decode batch of the rows where the
+        kernel wins (kernels/decode_mlp.py ENGINE_MAX_ROWS)."""
         return (
             self.one_kernel and self.tp_size == 1 and not self.has_bias and h.dim() == 2
             and 1 <= h.shape[0] <= DECODE_MLP_MAX_ROWS and h.stride(-1) == 1
@@ -89,9 +90,18 @@ class LlamaMLP(nn.Module):
         self, h: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """norm(h + residual) then this MLP, as one kernel (kernels/decode_mlp.py): returns
-        (the MLP's output, h + residual), as `norm` and `forward` would."""
-        return decode_mlp(h, residual, norm.weight, norm.eps, self.gate_up_proj.weight,
-                          self.down_proj.weight, self.barrier)  # fmt: skip
+        (the MLP's output, h + residual), as `norm` and `forward` would. A device on which the
+        kernel's grid cannot be resident at once refuses the cooperative launch; the MLP then
+        turns the path off and runs its layers."""
+        try:
+            return decode_mlp(h, residual, norm.weight, norm.eps, self.gate_up_proj.weight,
+                              self.down_proj.weight, self.barrier)  # fmt: skip
+        except RuntimeError as exc:
+            if "cooperative" not in str(exc):
+                raise
+            self.one_kernel = False
+            h, residual = norm(h, residual)
+            return self.forward(h), residual
 
 
 class LlamaDecoderLayer(nn.Module):
