@@ -3,13 +3,15 @@ decode graph runs them: 32 layers of distinct Llama-3.1-8B-shaped MLP weights (s
 served from L2) chained in one CUDA graph, each layer's output the next one's input.
 
 Chain: fused_add_rmsnorm -> gate_up (engine/layers/linear.py's choice: skinny kernel or cuBLAS)
--> silu_and_mul -> down. One kernel: decode_mlp with each config of a sweep. Reported per layer
-in microseconds and against the layer's weight bytes over the copy bandwidth measured in the
-same run. Also checks the kernel (with its grid barrier, which only the GPU exercises) against
-the torch reference and the chain.
+-> silu_and_mul -> down. One kernel: decode_mlp with each config of a sweep. The same for the
+layer tail (decode_layer_tail: o_proj, the MLP, the next norm and qkv) against its chain.
+Reported per layer in microseconds and against the layer's weight bytes over the copy bandwidth
+measured in the same run. Also checks both kernels (with their grid barriers, which only the
+GPU exercises) against the torch references and the chains.
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.decode_mlp_bench [--rows 1,2,4,8]
         [--layers 32] [--replays 20] [--rounds 3] [--smoke] [--out FILE] [--best-out FILE]
+    (--rows: default 1; the kernel takes up to 8)
 
 --smoke runs one eager launch and its check only (a hung barrier shows as a timeout there).
 """
@@ -21,7 +23,6 @@ import dataclasses
 import json
 import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,30 +31,35 @@ import triton
 from raylight.benchmarks.gpu_bench_device import copy_bandwidth, device_name, versions
 from raylight.engine.layers.linear import linear
 from raylight.kernels.activation import silu_and_mul
-from raylight.kernels.decode_mlp import DecodeMLPConfig, decode_mlp, decode_mlp_ref, new_barrier
+from raylight.kernels.decode_mlp import (
+    DecodeMLPConfig,
+    decode_layer_tail,
+    decode_layer_tail_ref,
+    decode_mlp,
+    decode_mlp_ref,
+    new_barrier,
+)
 from raylight.kernels.rmsnorm import fused_add_rmsnorm
 
-HIDDEN, INTER, EPS = 4096, 14336, 1e-5
+HIDDEN, INTER, QKV, EPS = 4096, 14336, 6144, 1e-5
 
 C = DecodeMLPConfig
 # (programs per SM, gate_up tile rows, K; down tile rows, K; warps, stages, cooperative): more
 # than one program per SM runs as a cooperative grid. Shared memory per program: the larger phase's
 # stages (gate_up loads two tiles) times programs per SM stays under 228 KB.
-SWEEP = [
-    C(1, 16, 512, 8, 1024, 4, 3),
-    C(2, 8, 512, 8, 512, 4, 3, True),
-    C(2, 16, 512, 8, 1024, 4, 3, True),
-    C(2, 16, 512, 16, 512, 8, 3, True),
-    C(3, 8, 512, 8, 1024, 4, 3, True),
+SWEEP = [  # around the 12-02 sweeps' best, which is SWEEP[0] (DEFAULT_CONFIG)
     C(4, 4, 1024, 4, 1024, 2, 3, True),
-    C(4, 4, 1024, 4, 1024, 2, 2, True),
-    C(4, 4, 512, 4, 1024, 2, 4, True),
-    C(4, 8, 512, 8, 512, 4, 3, True),
-    C(6, 4, 512, 4, 1024, 2, 4, True),
-    C(8, 4, 256, 4, 512, 2, 4, True),
-    C(8, 2, 1024, 2, 1024, 2, 3, True),
-    C(16, 2, 512, 2, 1024, 1, 3, True),
+    C(4, 2, 2048, 4, 1024, 2, 3, True),
+    C(4, 4, 1024, 2, 2048, 2, 3, True),
+    C(4, 4, 1024, 8, 512, 2, 3, True),
+    C(4, 4, 1024, 4, 2048, 2, 3, True),
+    C(4, 4, 1024, 4, 1024, 4, 3, True),
+    C(3, 4, 1024, 4, 1024, 2, 4, True),
+    C(2, 8, 1024, 8, 1024, 4, 3, True),
+    C(5, 4, 512, 4, 1024, 2, 4, True),
+    C(6, 4, 512, 4, 512, 2, 4, True),
 ]
+TAIL_SWEEP = SWEEP[:6]
 
 
 @dataclasses.dataclass
@@ -62,6 +68,8 @@ class Layer:
     gate_up: torch.Tensor
     down: torch.Tensor
     barrier: torch.Tensor
+    o: torch.Tensor  # the layer tail's (--tail)
+    qkv: torch.Tensor
 
 
 def make_layers(n: int, device: torch.device) -> list[Layer]:
@@ -72,7 +80,9 @@ def make_layers(n: int, device: torch.device) -> list[Layer]:
             return (torch.randn(*shape, generator=gen, device=device) * scale).to(torch.bfloat16)
 
         layers.append(Layer(1 + rand(HIDDEN, scale=0.1), rand(2 * INTER, HIDDEN, scale=0.02),
-                            rand(HIDDEN, INTER, scale=0.02), new_barrier(device)))  # fmt: skip
+                            rand(HIDDEN, INTER, scale=0.02), new_barrier(device),
+                            rand(HIDDEN, HIDDEN, scale=0.02),
+                            rand(QKV, HIDDEN, scale=0.02)))  # fmt: skip
     return layers
 
 
@@ -84,11 +94,26 @@ def chain_layer(h, res, layer: Layer, config: DecodeMLPConfig | None):
     return decode_mlp(h, res, layer.norm, EPS, layer.gate_up, layer.down, layer.barrier, config)
 
 
-def capture(layers: list[Layer], h0, res0, config) -> tuple[torch.cuda.CUDAGraph, Callable]:
+def tail_layer(attn, res, layer: Layer, config: DecodeMLPConfig | None):
+    """o_proj through the next layer's norm + qkv (the layer's own norm weight stands in for
+    the next one's); the attention output is taken as the first HIDDEN of qkv."""
+    if config is None:
+        h = linear(attn, layer.o, None, skinny=True, pdl=False)
+        y, res = chain_layer(h, res, layer, None)
+        x, res = fused_add_rmsnorm(y, res, layer.norm, EPS)
+        return linear(x, layer.qkv, None, skinny=True, pdl=False)[:, :HIDDEN], res
+    qkv, res = decode_layer_tail(attn, res, layer.o, layer.norm, EPS, layer.gate_up, layer.down,
+                                 layer.barrier, layer.norm, EPS, layer.qkv, config)  # fmt: skip
+    return qkv[:, :HIDDEN], res
+
+
+def capture(layers: list[Layer], h0, res0, config, tail: bool = False):
+    step = tail_layer if tail else chain_layer
+
     def body():
         h, res = h0, res0
         for layer in layers:
-            h, res = chain_layer(h, res, layer, config)
+            h, res = step(h, res, layer, config)
         return h
 
     body()  # compile and warm up outside the capture
@@ -134,9 +159,31 @@ def check(layer: Layer, m: int, config: DecodeMLPConfig, device) -> dict:
     return out
 
 
+def check_tail(layer: Layer, m: int, config: DecodeMLPConfig, device) -> dict:
+    """decode_layer_tail (three barriers) against its reference, eager, three launches."""
+    gen = torch.Generator(device=device).manual_seed(m)
+    attn = torch.randn(m, HIDDEN, generator=gen, device=device).to(torch.bfloat16)
+    res = torch.randn(m, HIDDEN, generator=gen, device=device).to(torch.bfloat16)
+    args = (attn, res, layer.o, layer.norm, EPS, layer.gate_up, layer.down)
+    nxt = (layer.norm, EPS, layer.qkv)
+    out = {}
+    for rep in range(3):
+        qkv, res_out = decode_layer_tail(*args, layer.barrier, *nxt, config=config)
+        torch.cuda.synchronize()
+        want, want_res = decode_layer_tail_ref(*args, *nxt)
+        scale = want.float().abs().max().item()
+        out = {"rel_err_vs_ref": (qkv.float() - want.float()).abs().max().item() / scale,
+               "residual_rel_err": (res_out.float() - want_res.float()).abs().max().item()
+               / want_res.float().abs().max().item(),
+               "barrier_state": layer.barrier.tolist()}  # fmt: skip
+        if out["rel_err_vs_ref"] > 5e-2 or out["barrier_state"][0]:
+            raise AssertionError(f"decode_layer_tail wrong at m={m}, launch {rep}: {out}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default="1,2,4,8")
+    ap.add_argument("--rows", default="1")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
@@ -147,20 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     rows = [int(r) for r in args.rows.split(",")]
     layers = make_layers(1 if args.smoke else args.layers, device)
-    checks = {}
+    checks: dict[str, dict] = {}
     for m in rows:
-        try:
-            checks[m] = check(layers[0], m, SWEEP[0 if args.smoke else 5], device)
-        except Exception as exc:  # a wrong result or a refused launch: recorded, fatal in --smoke
-            if args.smoke:
-                raise
-            checks[m] = {"error": repr(exc)[:300]}
+        for kind, fn in (("mlp", check), ("tail", check_tail)):
+            try:
+                checks[f"{kind}_m{m}"] = fn(layers[0], m, SWEEP[0], device)
+            except Exception as exc:  # a wrong result or a refused launch: fatal in --smoke
+                if args.smoke:
+                    raise
+                checks[f"{kind}_m{m}"] = {"error": repr(exc)[:300]}
     print(json.dumps({"checks": checks}), flush=True)
     if args.smoke:
         return 0
     bw = copy_bandwidth(device, 2 << 30, 10)["bytes_per_s"]
-    layer_bytes = 3 * HIDDEN * INTER * 2
-    floor_us = layer_bytes / bw * 1e6
+    layer_bytes = {"mlp": 3 * HIDDEN * INTER * 2, "tail": (3 * INTER + HIDDEN + QKV) * HIDDEN * 2}
+    floor_us = {k: b / bw * 1e6 for k, b in layer_bytes.items()}
     report = {"device": device_name(device), "versions": versions(), "triton": triton.__version__,
               "command": " ".join(sys.argv), "copy_bw_tb_s": bw / 1e12,
               "layer_weight_bytes": layer_bytes, "layer_floor_us": floor_us, "checks": checks,
@@ -169,30 +217,34 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator(device=device).manual_seed(100 + m)
         h0 = torch.randn(m, HIDDEN, generator=gen, device=device).to(torch.bfloat16) * 0.1
         res0 = torch.randn(m, HIDDEN, generator=gen, device=device).to(torch.bfloat16)
-        candidates: list[DecodeMLPConfig | None] = [None, *(SWEEP if m == 1 else SWEEP[5:6])]
-        graphs, outs = {}, {}
-        for cfg in candidates:
-            key = "chain" if cfg is None else json.dumps(dataclasses.asdict(cfg))
-            try:
-                graphs[key], outs[key] = capture(layers, h0, res0, cfg)
-            except Exception as exc:  # a config the compiler or the capture refuses
-                report["results"].append({"m": m, "config": key, "error": repr(exc)[:300]})
-                print(f"m={m} {key}: {exc!r}"[:300], flush=True)
-        samples: dict[str, list[float]] = {k: [] for k in graphs}
-        for _ in range(args.rounds):
-            for key, graph in graphs.items():
-                samples[key].append(time_graph(graph, args.replays))
-        chain_out = outs["chain"]().float()
-        for key in graphs:
-            us = statistics.median(samples[key]) * 1e3 / len(layers)
-            diff = (outs[key]().float() - chain_out).abs().max().item()
-            row = {"m": m, "config": key, "us_per_layer": us, "floor_frac": floor_us / us,
-                   "samples_ms": samples[key],
-                   "max_abs_diff_vs_chain_after_layers": diff}  # fmt: skip
-            report["results"].append(row)
-            print(f"m={m} {us:7.2f} us/layer ({floor_us / us:.3f} of floor) {key}", flush=True)
+        for kind, sweep in (("mlp", SWEEP), ("tail", TAIL_SWEEP)):
+            graphs, outs = {}, {}
+            for cfg in [None, *sweep]:
+                key = "chain" if cfg is None else json.dumps(dataclasses.asdict(cfg))
+                try:
+                    graphs[key], outs[key] = capture(layers, h0, res0, cfg, tail=kind == "tail")
+                except Exception as exc:  # a config the compiler or the launch refuses
+                    report["results"].append({"m": m, "kind": kind, "config": key,
+                                              "error": repr(exc)[:300]})  # fmt: skip
+                    print(f"m={m} {kind} {key}: {exc!r}"[:300], flush=True)
+            samples: dict[str, list[float]] = {k: [] for k in graphs}
+            for _ in range(args.rounds):
+                for key, graph in graphs.items():
+                    samples[key].append(time_graph(graph, args.replays))
+            chain_out = outs["chain"]().float()
+            for key in graphs:
+                us = statistics.median(samples[key]) * 1e3 / len(layers)
+                diff = (outs[key]().float() - chain_out).abs().max().item()
+                report["results"].append({
+                    "m": m, "kind": kind, "config": key, "us_per_layer": us,
+                    "floor_frac": floor_us[kind] / us, "samples_ms": samples[key],
+                    "max_abs_diff_vs_chain_after_layers": diff})  # fmt: skip
+                print(f"m={m} {kind} {us:7.2f} us/layer ({floor_us[kind] / us:.3f} of floor) "
+                      f"{key}", flush=True)
+            del graphs, outs
+            torch.cuda.empty_cache()
     ones = [r for r in report["results"] if r["m"] == 1 and "us_per_layer" in r
-            and r["config"] != "chain"]  # fmt: skip
+            and r["config"] != "chain" and r["kind"] == "mlp"]  # fmt: skip
     best = min(ones, key=lambda r: r["us_per_layer"])
     report["best_m1"] = best
     if args.best_out:

@@ -4,7 +4,8 @@ process: no reloads, one machine, one KV state, so differences of 1% are visible
 The step is the decode graph's body (engine/cuda_graphs.py: ReqToToken write, embedding, the
 layers, the final norm), captured afresh for each variant and replayed with the static inputs
 of a real request decoding after a 1024-token prompt. Variants:
-- kernel choices: fused decode layers, PDL, the one-kernel MLP (`decode_mlp`; engine options),
+- kernel choices: fused decode layers, PDL, the one-kernel MLP (`decode_mlp`) and layer tail
+  (`decode_tail`; engine options),
   decode-attention split counts, RMSNorm warps;
 - ablations that drop one kind of work from the chain (attention with its rotary and KV store,
   the norms, SiLU-and-mul) to show what it costs in place, launch gaps included. An ablated
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -80,30 +82,30 @@ def _no_silu(x):
     return x[:, : x.shape[1] // 2]
 
 
+# Variants that switch engine kernel options (layers.fused.use_fused_kernels keywords).
+KERNEL_VARIANTS = {"fused": {"fuse_decode": True}, "pdl": {"pdl": True},
+                   "decode_mlp": {"decode_mlp": True}, "decode_tail": {"decode_tail": True}}
+
+
 @contextlib.contextmanager
 def variant(name: str, runner) -> Iterator[object]:
     """Sets up variant `name` on the runner's model; yields the attention backend to use."""
     model, backend, c = runner.model, runner.backend, runner.config
     with contextlib.ExitStack() as stack:
-        if name in ("fused", "pdl", "decode_mlp"):  # the engine's own settings restored after
-            stack.callback(use_fused_kernels, model, c.fused_kernels, c.skinny_linear, c.pdl,
-                           c.fuse_decode_layers, c.decode_mlp_kernel)  # fmt: skip
-        if name == "fused":
-            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl, fuse_decode=True,
-                              decode_mlp=c.decode_mlp_kernel)  # fmt: skip
-        elif name == "decode_mlp":
-            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl,
-                              c.fuse_decode_layers, decode_mlp=True)  # fmt: skip
+        if name in KERNEL_VARIANTS:  # the engine's own settings are restored afterwards
+            own = dict(enabled=c.fused_kernels, skinny_linear=c.skinny_linear, pdl=c.pdl,
+                       fuse_decode=c.fuse_decode_layers, decode_mlp=c.decode_mlp_kernel,
+                       decode_tail=c.decode_tail_kernel)  # fmt: skip
+            stack.callback(functools.partial(use_fused_kernels, model, **own))
+            use_fused_kernels(model, **{**own, **KERNEL_VARIANTS[name]})
+            if name == "pdl":
+                backend = make_attention_backend(c.attention_backend, pdl=True)
         elif name.startswith("splits_"):  # every decode attention with this many splits
             splits = int(name.removeprefix("splits_"))
             stack.enter_context(_set(decode_attention, "choose_num_splits",
                                      lambda *args: splits))  # fmt: skip
         elif name.startswith("norm_warps_"):
             stack.enter_context(_set(rmsnorm, "MAX_WARPS", int(name.removeprefix("norm_warps_"))))
-        elif name == "pdl":
-            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers,
-                              c.decode_mlp_kernel)  # fmt: skip
-            backend = make_attention_backend(c.attention_backend, pdl=True)
         else:
             drops = {"no_attention": ["attention"], "no_norms": ["norms"], "no_silu": ["silu"],
                      "linears_only": ["attention", "norms", "silu"]}  # fmt: skip

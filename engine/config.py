@@ -62,6 +62,10 @@ class EngineOptions:
     # 3 fewer launches per layer, and down_proj's first weights load while gate_up finishes.
     # One rank only. Off by default until it is timed on the GPU.
     decode_mlp_kernel: bool = False
+    # Batch-1 steps run each layer from o_proj to the next layer's qkv projection (o_proj, both
+    # norms, the MLP) as one such kernel (kernels/decode_mlp.py decode_layer_tail); Llama
+    # layers without biases or q/k norms, one rank. Off by default until it is timed.
+    decode_tail_kernel: bool = False
     # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
@@ -108,6 +112,7 @@ class EngineConfig:
     pdl: bool = False  # only on CUDA
     fuse_decode_layers: bool = False
     decode_mlp_kernel: bool = False
+    decode_tail_kernel: bool = False
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
@@ -186,6 +191,7 @@ def resolve_engine_config(
         pdl=options.pdl and _supports_pdl(device),
         fuse_decode_layers=options.fuse_decode_layers,
         decode_mlp_kernel=options.decode_mlp_kernel,
+        decode_tail_kernel=options.decode_tail_kernel,
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
         prefill_graph_max_tokens=options.prefill_graph_max_tokens,

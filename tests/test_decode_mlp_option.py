@@ -55,6 +55,35 @@ def test_decode_mlp_matches_the_torch_path(
     assert_pool_empty(core)
 
 
+@pytest.mark.slow
+def test_decode_tail_matches_the_torch_path(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """decode_tail_kernel: each layer from o_proj to the next one's qkv as one kernel."""
+    calls = []
+    kernel = llama.decode_layer_tail
+
+    def counted(*args, **kwargs):
+        calls.append("next_qkv_weight" in kwargs)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(llama, "decode_layer_tail", counted)
+    monkeypatch.setattr(llama, "DECODE_MLP_MAX_ROWS", 8)
+    prompts = _prompts(5, seed=1)
+    arrivals = [0, 0, 1, 2, 2]
+    want = [r.output_token_ids for r in run_to_completion(_core(tiny_models["llama"]), prompts,
+                                                          GREEDY, arrivals)]  # fmt: skip
+    core = _core(tiny_models["llama"], decode_tail_kernel=True, attention_backend="triton")
+    got = [r.output_token_ids for r in run_to_completion(core, prompts, GREEDY, arrivals)]
+    assert got == want
+    layers = core.config.arch.num_layers
+    assert len(calls) >= 4 * layers  # >= 4 decode steps of <= 8 rows
+    assert calls.count(False) == len(calls) // layers  # the last layer has no next qkv
+    assert_pool_empty(core)
+    qwen3 = _core(tiny_models["qwen3"], decode_tail_kernel=True).runner.model
+    assert not qwen3.tail_kernel_fits_arch  # q/k norms: the layers' own path
+
+
 def test_option_is_off_by_default_and_takes_batch_1_without_bias(
     tiny_models: dict[str, Path],
 ) -> None:

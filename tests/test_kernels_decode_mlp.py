@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from raylight.kernels.decode_mlp import (
     DecodeMLPConfig,
+    decode_layer_tail,
+    decode_layer_tail_ref,
     decode_mlp,
     decode_mlp_ref,
     new_barrier,
@@ -41,7 +43,7 @@ def _inputs(m: int, hidden: int, inter: int, dtype: torch.dtype, seed: int):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m,hidden,inter", [(1, 96, 200), (3, 64, 37), (8, 130, 72)])
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", ["groups", "one-group"])
 def test_matches_reference(dtype, m: int, hidden: int, inter: int, name: str) -> None:
     h, res, g, w_gu, w_d = _inputs(m, hidden, inter, dtype, seed=m + hidden + inter)
     y, res_out = decode_mlp(h, res, g, 1e-5, w_gu, w_d, new_barrier("cpu"), CONFIGS[name])
@@ -53,6 +55,30 @@ def test_matches_reference(dtype, m: int, hidden: int, inter: int, name: str) ->
     torch.testing.assert_close(res_out, res_ref, atol=0, rtol=res_rtol)
     atol, rtol = TOL[dtype]
     torch.testing.assert_close(y, y_ref, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,attn_width,hidden,inter,nq", [(1, 48, 64, 72, 80),
+                                                          (3, 96, 40, 200, 24)])
+@pytest.mark.parametrize("with_next", [True, False])
+def test_layer_tail_matches_reference(dtype, m, attn_width, hidden, inter, nq, with_next) -> None:
+    """o_proj, the MLP and the next layer's norm + qkv: attention width A != hidden, row counts
+    that do not divide among the programs."""
+    h, res, g, w_gu, w_d = _inputs(m, hidden, inter, dtype, seed=m + inter)
+    gen = torch.Generator().manual_seed(nq)
+    attn = torch.randn(m, attn_width, generator=gen).to(dtype)
+    w_o = (torch.randn(hidden, attn_width, generator=gen) / attn_width**0.5).to(dtype)
+    g2 = (1 + 0.2 * torch.randn(hidden, generator=gen)).to(dtype)
+    w_q = (torch.randn(nq, hidden, generator=gen) / hidden**0.5).to(dtype)
+    nxt = dict(next_norm_weight=g2, next_eps=1e-6, next_qkv_weight=w_q) if with_next else {}
+    cfg = CONFIGS["groups"] if with_next else CONFIGS["many-programs"]
+    out, res_out = decode_layer_tail(attn, res, w_o, g, 1e-5, w_gu, w_d, new_barrier("cpu"),
+                                     **nxt, config=cfg)  # fmt: skip
+    want, want_res = decode_layer_tail_ref(attn, res, w_o, g, 1e-5, w_gu, w_d, **nxt)
+    assert out.shape == ((m, nq) if with_next else (m, hidden))
+    atol, rtol = TOL[dtype]  # bf16: four chained roundings, so atol scales with the output
+    for got, ref in ((res_out, want_res), (out, want)):
+        torch.testing.assert_close(got, ref, atol=atol * ref.abs().max().item(), rtol=rtol)
 
 
 def test_reference_against_float64() -> None:
@@ -82,3 +108,5 @@ def test_errors() -> None:
                    DecodeMLPConfig(programs_per_sm=2, cooperative=False))
     with pytest.raises(ValueError, match="barrier"):
         decode_mlp(h, res, g, 1e-5, w_gu, w_d, torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="give both or neither"):
+        decode_layer_tail(h, res, torch.eye(32), g, 1e-5, w_gu, w_d, bar, next_norm_weight=g)
