@@ -20,11 +20,11 @@ from raylight.kernels.decode_mlp import (
 
 CONFIGS = {
     # in the interpreter, 4 programs per programs_per_sm
-    "groups": DecodeMLPConfig(gu_block_n=4, gu_block_k=32, d_block_n=4, d_block_k=64,
-                              num_warps=4, num_stages=2),  # fmt: skip
-    "one-group": DecodeMLPConfig(gu_block_n=64, gu_block_k=64, d_block_n=32, d_block_k=256,
-                                 num_warps=4, num_stages=1),  # fmt: skip
-    "many-programs": DecodeMLPConfig(programs_per_sm=10, gu_block_n=8, gu_block_k=16,
+    "groups": DecodeMLPConfig(programs_per_sm=2, gu_block_n=4, gu_block_k=32, d_block_n=4,
+                              d_block_k=64, num_warps=4, num_stages=2),  # fmt: skip
+    "one-group": DecodeMLPConfig(programs_per_sm=1, gu_block_n=64, gu_block_k=64, d_block_n=32,
+                                 d_block_k=256, num_warps=4, num_stages=1),  # fmt: skip
+    "many-programs": DecodeMLPConfig(programs_per_sm=6, gu_block_n=8, gu_block_k=16,
                                      d_block_n=2, d_block_k=32, num_warps=2, num_stages=3,
                                      cooperative=True),  # fmt: skip
 }
