@@ -27,10 +27,10 @@ def _core(model: Path, **opts: object):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # plain, q/k norms
 def test_decode_mlp_matches_the_torch_path(
-    tiny_models: dict[str, Path], arch: str, monkeypatch: pytest.MonkeyPatch
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    arch = "llama"  # the MLP is the same in every supported architecture
     calls = []
     kernel = llama.decode_mlp
 
