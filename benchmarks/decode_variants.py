@@ -4,9 +4,8 @@ process: no reloads, one machine, one KV state, so differences of 1% are visible
 The step is the decode graph's body (engine/cuda_graphs.py: ReqToToken write, embedding, the
 layers, the final norm), captured afresh for each variant and replayed with the static inputs
 of a real request decoding after a 1024-token prompt. Variants:
-- kernel choices: fused decode layers, PDL, the one-kernel MLP (`decode_mlp`) and layer tail
-  (`decode_tail`; engine options),
-  decode-attention split counts, RMSNorm warps;
+- kernel choices: fused decode layers, PDL (engine options), decode-attention split counts,
+  RMSNorm warps;
 - ablations that drop one kind of work from the chain (attention with its rotary and KV store,
   the norms, SiLU-and-mul) to show what it costs in place, launch gaps included. An ablated
   step computes garbage by design; only its time is used.
@@ -25,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import statistics
 import sys
@@ -44,7 +42,7 @@ from raylight.engine.layers.fused import use_fused_kernels
 from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.llm import LLM
 from raylight.engine.sampling_params import SamplingParams
-from raylight.kernels import decode_attention, decode_mlp, rmsnorm
+from raylight.kernels import decode_attention, rmsnorm
 
 
 @contextlib.contextmanager
@@ -82,30 +80,25 @@ def _no_silu(x):
     return x[:, : x.shape[1] // 2]
 
 
-# Variants that switch engine kernel options (layers.fused.use_fused_kernels keywords).
-KERNEL_VARIANTS = {"fused": {"fuse_decode": True}, "pdl": {"pdl": True},
-                   "decode_mlp": {"decode_mlp": True}, "decode_tail": {"decode_tail": True}}
-
-
 @contextlib.contextmanager
 def variant(name: str, runner) -> Iterator[object]:
     """Sets up variant `name` on the runner's model; yields the attention backend to use."""
     model, backend, c = runner.model, runner.backend, runner.config
     with contextlib.ExitStack() as stack:
-        if name in KERNEL_VARIANTS:  # the engine's own settings are restored afterwards
-            own = dict(enabled=c.fused_kernels, skinny_linear=c.skinny_linear, pdl=c.pdl,
-                       fuse_decode=c.fuse_decode_layers, decode_mlp=c.decode_mlp_kernel,
-                       decode_tail=c.decode_tail_kernel)  # fmt: skip
-            stack.callback(functools.partial(use_fused_kernels, model, **own))
-            use_fused_kernels(model, **{**own, **KERNEL_VARIANTS[name]})
-            if name == "pdl":
-                backend = make_attention_backend(c.attention_backend, pdl=True)
+        if name in ("fused", "pdl"):  # restored to the engine's own settings afterwards
+            stack.callback(use_fused_kernels, model, c.fused_kernels, c.skinny_linear, c.pdl,
+                           c.fuse_decode_layers)  # fmt: skip
+        if name == "fused":
+            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl, fuse_decode=True)
         elif name.startswith("splits_"):  # every decode attention with this many splits
             splits = int(name.removeprefix("splits_"))
             stack.enter_context(_set(decode_attention, "choose_num_splits",
                                      lambda *args: splits))  # fmt: skip
         elif name.startswith("norm_warps_"):
             stack.enter_context(_set(rmsnorm, "MAX_WARPS", int(name.removeprefix("norm_warps_"))))
+        elif name == "pdl":
+            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers)
+            backend = make_attention_backend(c.attention_backend, pdl=True)
         else:
             drops = {"no_attention": ["attention"], "no_norms": ["norms"], "no_silu": ["silu"],
                      "linears_only": ["attention", "norms", "silu"]}  # fmt: skip
@@ -161,13 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=int, default=1024)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--decode-mlp-config", type=Path, default=None,
-                   help="JSON of a kernels.decode_mlp.DecodeMLPConfig (decode_mlp_bench's "
-                        "--best-out) for the decode_mlp variant and option")  # fmt: skip
     a = p.parse_args(argv)
-    if a.decode_mlp_config is not None:
-        decode_mlp.DEFAULT_CONFIG = decode_mlp.DecodeMLPConfig(
-            **json.loads(a.decode_mlp_config.read_text()))
     opts = {"max_model_len": 8192, "max_num_seqs": 1, "cuda_graph_max_batch": 1,
             **parse_engine_opts(a.engine_opt)}  # fmt: skip
     llm = LLM(a.model, progress=False, **opts)
@@ -186,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"torch": torch.__version__, "triton": triton.__version__},
         "command": " ".join(sys.argv),
         "engine_options": {k: str(v) for k, v in opts.items()},
-        "decode_mlp_config": str(decode_mlp.DEFAULT_CONFIG),
         "what": "ms per replay of the batch-1 decode graph body (no LM head, no sampling)",
         "median_ms": med,
         "rounds_ms": times,

@@ -57,15 +57,6 @@ class EngineOptions:
     # slower on the H200 (batch-1 TPOT 4.83 vs 4.61 ms, and 21 ms per step at batch 8:
     # benchmarks/results/h200-2026-12-02-split-latency-fuse-decode-layers.json, ...-profile-*).
     fuse_decode_layers: bool = False
-    # Steps of at most 8 rows run the post-attention RMSNorm and the whole MLP (gate_up,
-    # SiLU-and-mul, down) as one persistent kernel with a grid barrier (kernels/decode_mlp.py):
-    # 3 fewer launches per layer, and down_proj's first weights load while gate_up finishes.
-    # One rank only. Off by default until it is timed on the GPU.
-    decode_mlp_kernel: bool = False
-    # Batch-1 steps run each layer from o_proj to the next layer's qkv projection (o_proj, both
-    # norms, the MLP) as one such kernel (kernels/decode_mlp.py decode_layer_tail); Llama
-    # layers without biases or q/k norms, one rank. Off by default until it is timed.
-    decode_tail_kernel: bool = False
     # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
@@ -111,8 +102,6 @@ class EngineConfig:
     skinny_linear: bool = False
     pdl: bool = False  # only on CUDA
     fuse_decode_layers: bool = False
-    decode_mlp_kernel: bool = False
-    decode_tail_kernel: bool = False
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
@@ -190,8 +179,6 @@ def resolve_engine_config(
         ),
         pdl=options.pdl and _supports_pdl(device),
         fuse_decode_layers=options.fuse_decode_layers,
-        decode_mlp_kernel=options.decode_mlp_kernel,
-        decode_tail_kernel=options.decode_tail_kernel,
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
         prefill_graph_max_tokens=options.prefill_graph_max_tokens,

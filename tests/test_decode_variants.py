@@ -64,15 +64,10 @@ def test_kernel_variants_restore_the_engine_settings(tiny_models: dict[str, Path
     linear = model.layers[0].mlp.down_proj
 
     def flags() -> tuple:
-        return model.fused_decode, linear.skinny, linear.pdl, model.layers[0].mlp.one_kernel
+        return model.fused_decode, linear.skinny, linear.pdl
 
     before = flags()
-    assert before == (False, False, False, False)
-    with variant("decode_mlp", runner):
-        assert all(layer.mlp.one_kernel for layer in model.layers)
-    with variant("decode_tail", runner):
-        assert model.one_kernel_tail and not model.layers[0].mlp.one_kernel
-    assert not model.one_kernel_tail
+    assert before == (False, False, False)
     with variant("pdl", runner):
         assert linear.pdl
     with variant("fused", runner):

@@ -23,24 +23,15 @@ def use_fused_kernels(
     skinny_linear: bool = False,
     pdl: bool = False,
     fuse_decode: bool = False,
-    decode_mlp: bool = False,
-    decode_tail: bool = False,
 ) -> int:
     """Sets `fused` on every fusable layer of `model`, `skinny` on every linear layer, and
     `pdl` (programmatic dependent launch of their Triton kernels) on both; returns how many
     layers it set. `fuse_decode` (with both kernel families on) sets `fused_decode` on models
-    that have it: their small-batch steps run norms and activations inside the linear kernels.
-    `decode_mlp` sets `one_kernel` on MLPs that have it: their decode steps run the post-attention
-    norm and the MLP as one kernel (kernels/decode_mlp.py); `decode_tail` sets `one_kernel_tail`
-    on models that have it: each layer from o_proj to the next layer's qkv as one kernel."""
+    that have it: their small-batch steps run norms and activations inside the linear kernels."""
     count = 0
     for module in model.modules():
         if hasattr(type(module), "fused_decode"):
             module.fused_decode = fuse_decode and enabled and skinny_linear
-        if hasattr(type(module), "one_kernel"):
-            module.one_kernel = decode_mlp
-        if hasattr(type(module), "one_kernel_tail"):
-            module.one_kernel_tail = decode_tail
         if isinstance(module, _FUSABLE):
             module.fused = enabled
         elif isinstance(module, _LINEAR):

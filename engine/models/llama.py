@@ -25,8 +25,6 @@ from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.layers.rotary import RotaryEmbedding
 from raylight.engine.model_config import ModelArchConfig
 from raylight.engine.parallel import TPGroup
-from raylight.kernels.decode_mlp import ENGINE_MAX_ROWS as DECODE_MLP_MAX_ROWS
-from raylight.kernels.decode_mlp import decode_layer_tail, decode_mlp
 
 
 class LlamaAttention(nn.Module):
@@ -58,8 +56,6 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    one_kernel: bool = False  # set by layers.fused.use_fused_kernels (decode_mlp_kernel)
-
     def __init__(self, cfg: ModelArchConfig, tp: TPGroup, dtype: torch.dtype):
         super().__init__()
         inter = cfg.intermediate_size
@@ -68,40 +64,9 @@ class LlamaMLP(nn.Module):
         )
         self.down_proj = RowParallelLinear(inter, cfg.hidden_size, cfg.mlp_bias, tp, dtype)
         self.act = SiluAndMul()
-        self.tp_size = tp.size
-        self.has_bias = cfg.mlp_bias
-        # The one-kernel path's grid barrier state (kernels/decode_mlp.py), one per layer.
-        self.register_buffer("barrier", torch.zeros(2, dtype=torch.int32), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
-
-    def one_kernel_fits(self, h: torch.Tensor) -> bool:
-        """Whether `forward_one_kernel` takes these rows: the option on, one rank (down_proj's
-        all-reduce would sit inside the kernel), no bias, a decode batch of the rows where the
-        kernel wins (kernels/decode_mlp.py ENGINE_MAX_ROWS)."""
-        return (
-            self.one_kernel and self.tp_size == 1 and not self.has_bias and h.dim() == 2
-            and 1 <= h.shape[0] <= DECODE_MLP_MAX_ROWS and h.stride(-1) == 1
-            and h.dtype == self.down_proj.weight.dtype
-        )  # fmt: skip
-
-    def forward_one_kernel(
-        self, h: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """norm(h + residual) then this MLP, as one kernel (kernels/decode_mlp.py): returns
-        (the MLP's output, h + residual), as `norm` and `forward` would. A device on which the
-        kernel's grid cannot be resident at once refuses the cooperative launch; the MLP then
-        turns the path off and runs its layers."""
-        try:
-            return decode_mlp(h, residual, norm.weight, norm.eps, self.gate_up_proj.weight,
-                              self.down_proj.weight, self.barrier)  # fmt: skip
-        except RuntimeError as exc:
-            if "cooperative" not in str(exc):
-                raise
-            self.one_kernel = False
-            h, residual = norm(h, residual)
-            return self.forward(h), residual
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -122,8 +87,6 @@ class LlamaDecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, residual = self.input_layernorm(x, residual)
         h = self.self_attn(h, positions, rope, ctx)
-        if self.mlp.one_kernel_fits(h):
-            return self.mlp.forward_one_kernel(h, residual, self.post_attention_layernorm)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
@@ -149,7 +112,6 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     fused_decode: bool = False  # set by layers.fused.use_fused_kernels (fuse_decode_layers)
-    one_kernel_tail: bool = False  # set by layers.fused.use_fused_kernels (decode_tail_kernel)
 
     def __init__(self, cfg: ModelArchConfig, tp: TPGroup, dtype: torch.dtype, max_positions: int):
         super().__init__()
@@ -164,22 +126,12 @@ class LlamaForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope, max_positions)
-        # The one-kernel layer tail takes plain Llama layers only: no biases, no q/k norms.
-        self.tail_kernel_fits_arch = not (cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias
-                                          or cfg.qk_norm)  # fmt: skip
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
         # input_ids, positions: [T] -> hidden states [T, hidden]
         x = self.embed_tokens(input_ids)
-        if self.one_kernel_tail and self._tail_fits(x):
-            try:
-                return self._forward_tail(x, positions, ctx)
-            except RuntimeError as exc:  # a grid that cannot be resident: the layers' kernels
-                if "cooperative" not in str(exc):
-                    raise
-                self.one_kernel_tail = False  # (re-running rewrites the same K/V slots)
         if self.fused_decode and self.tp_size == 1 and fused_linear_fits(x, self.norm.weight):
             for layer in self.layers:
                 x = layer.forward_fused(x, positions, self.rope, ctx)
@@ -188,36 +140,6 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.layers:
             x, residual = layer(x, residual, positions, self.rope, ctx)
         return self.norm(x, residual)[0]
-
-    def _tail_fits(self, x: torch.Tensor) -> bool:
-        return (
-            self.tp_size == 1 and self.tail_kernel_fits_arch and x.dim() == 2
-            and 1 <= x.shape[0] <= DECODE_MLP_MAX_ROWS and x.dtype == self.norm.weight.dtype
-        )  # fmt: skip
-
-    def _forward_tail(
-        self, x: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        """`forward` with each layer after its attention as one kernel (engine option
-        decode_tail_kernel, kernels/decode_mlp.py decode_layer_tail): o_proj, the post-attention
-        norm, the MLP, and the next layer's input norm and qkv projection. Per layer, that
-        kernel, rotary + KV store, and the two decode attention stages are left."""
-        first = self.layers[0]
-        h, residual = first.input_layernorm(x, None)
-        qkv = first.self_attn.qkv_proj(h)
-        out = qkv
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn.attend(qkv, positions, self.rope, ctx)
-            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            norm, mlp = layer.post_attention_layernorm, layer.mlp
-            following = {} if nxt is None else dict(
-                next_norm_weight=nxt.input_layernorm.weight, next_eps=nxt.input_layernorm.eps,
-                next_qkv_weight=nxt.self_attn.qkv_proj.weight)  # fmt: skip
-            out, residual = decode_layer_tail(
-                attn, residual, layer.self_attn.o_proj.weight, norm.weight, norm.eps,
-                mlp.gate_up_proj.weight, mlp.down_proj.weight, mlp.barrier, **following)
-            qkv = out
-        return self.norm(out, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
