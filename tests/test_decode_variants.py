@@ -72,4 +72,6 @@ def test_kernel_variants_restore_the_engine_settings(tiny_models: dict[str, Path
         assert linear.pdl
     with variant("fused", runner):
         assert not model.fused_decode  # needs the kernels, which the CPU engine has off
-    assert flags() == before
+    with variant("fused_mlp", runner):
+        assert not model.fused_mlp  # likewise
+    assert flags() == before and not model.fused_mlp
