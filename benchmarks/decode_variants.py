@@ -42,7 +42,8 @@ from raylight.engine.layers.fused import use_fused_kernels
 from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.llm import LLM
 from raylight.engine.sampling_params import SamplingParams
-from raylight.kernels import decode_attention, rmsnorm
+from raylight.kernels import decode_attention, fused_mlp, rmsnorm
+from raylight.kernels.fused_mlp import FusedMLPConfig
 
 
 @contextlib.contextmanager
@@ -85,13 +86,17 @@ def variant(name: str, runner) -> Iterator[object]:
     """Sets up variant `name` on the runner's model; yields the attention backend to use."""
     model, backend, c = runner.model, runner.backend, runner.config
     with contextlib.ExitStack() as stack:
-        if name in ("fused", "pdl", "fused_mlp"):  # restored to the engine's settings afterwards
+        # Restored to the engine's own settings afterwards:
+        if name in ("fused", "pdl") or name.startswith("fused_mlp"):
             stack.callback(use_fused_kernels, model, c.fused_kernels, c.skinny_linear, c.pdl,
                            c.fuse_decode_layers, c.fused_mlp)  # fmt: skip
         if name == "fused":
             use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl, fuse_decode=True)
-        elif name == "fused_mlp":
+        elif name.startswith("fused_mlp"):  # fused_mlp, or fused_mlp_B_K_N_W_S (its config)
             use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl, fused_mlp=True)
+            if name != "fused_mlp":
+                cfg = FusedMLPConfig(*map(int, name.removeprefix("fused_mlp_").split("_")))
+                stack.enter_context(_set(fused_mlp, "DEFAULT_CONFIG", cfg))
         elif name.startswith("splits_"):  # every decode attention with this many splits
             splits = int(name.removeprefix("splits_"))
             stack.enter_context(_set(decode_attention, "choose_num_splits",

@@ -11,7 +11,7 @@ Reported per layer in microseconds and against the MLP weight bytes over the cop
 measured in the same run; each config is also checked against the reference and the chain.
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.fused_mlp_bench [--rows 1,2]
-        [--layers 32] [--replays 20] [--rounds 3] [--out FILE]
+        [--layers 32] [--replays 20] [--rounds 3] [--out FILE] [--best-out FILE]
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--best-out", type=Path, default=None,
+                   help="write the first --rows entry's fastest config (a JSON list)")
     a = p.parse_args(argv)
     device = torch.device("cuda")
     bw = copy_bandwidth(device, 2 << 30, 20)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 h, res = fused_layer(h, res, layer, acc, config)
 
         graphs = {"chain": capture(chain_body)}
-        checks = {}
+        checks, configs = {}, {}
         for cfg in SWEEP:
             name = (f"fused_b{cfg.block}_k{cfg.block_k}_n{cfg.block_n}_w{cfg.num_warps}"
                     f"_s{cfg.num_stages}")
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 graphs[name] = capture(lambda cfg=cfg: fused_body(cfg))
             except Exception as e:  # a config that does not compile (shared memory) is reported
                 checks[name] = {"error": repr(e)[:300]}
+            configs[name] = dataclasses.astuple(cfg)
             print(name, checks[name], flush=True)
         times: dict[str, list[float]] = {n: [] for n in graphs}
         for _ in range(a.rounds):
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         best = min((n for n in med if n != "chain"), key=med.get, default=None)
         results.append({"rows": m, "us_per_layer": med, "rounds_us": times, "checks": checks,
                         "best": best, "chain_us": med["chain"],
-                        "best_us": med.get(best)})  # fmt: skip
+                        "best_us": med.get(best), "best_config": configs.get(best)})  # fmt: skip
         del graphs
         torch.cuda.empty_cache()
     out = {
@@ -178,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if a.out is not None:
         a.out.write_text(json.dumps(out, indent=1) + "\n")
+    if a.best_out is not None and results and results[0]["best_config"] is not None:
+        a.best_out.write_text(json.dumps(results[0]["best_config"]) + "\n")
     return 0
 
 
