@@ -17,6 +17,7 @@ cd /tmp
 timeout 200 python3 -m raylight.benchmarks.fused_mlp_bench --rows 1 \
   --out "$out/fused_mlp_bench.json" --best-out "$out/fused_mlp_best.json" 2>&1 \
   | grep -E "us/layer|rror" || echo "bench rc=$?"
+timeout 100 python3 -m raylight.benchmarks.fused_mlp_diag --out "$out/fused_mlp_diag.json" 2>&1 | tail -6
 echo "bench done after ${SECONDS} s"
 [ -f "$out/fused_mlp_best.json" ] || exit 1
 best=$(python3 -c "import json,sys; print('_'.join(map(str, json.load(open(sys.argv[1])))))" \

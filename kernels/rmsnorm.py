@@ -51,9 +51,8 @@ def _rmsnorm_kernel(
         pdl_wait(USE_PDL)
         pdl_release(USE_PDL)  # after the wait: see kernels/_common_jit.py
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    if FROM_ACC:  # x is an fp32 accumulator: rounded as the unfused layer's output, then zeroed
+    if FROM_ACC:  # x is an fp32 accumulator: rounded as the unfused layer's output
         x = x.to(res_out_ptr.dtype.element_ty).to(tl.float32)
-        tl.store(x_ptr + row * stride_x + cols, tl.zeros([BLOCK], tl.float32), mask=mask)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
         summed = (x + res).to(res_out_ptr.dtype.element_ty)
@@ -64,6 +63,11 @@ def _rmsnorm_kernel(
     if not USE_PDL:  # (where the timed build loads it)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_out + cols, (normed * w).to(out_ptr.dtype.element_ty), mask)
+    if FROM_ACC:
+        # Zeroed last, after a barrier: the store's threads need not be the ones that loaded
+        # each element (layouts differ), and every load has completed once the sum above used it.
+        tl.debug_barrier()
+        tl.store(x_ptr + row * stride_x + cols, tl.zeros([BLOCK], tl.float32), mask=mask)
 
 
 def _check_rows(name: str, t: torch.Tensor, like: torch.Tensor) -> None:

@@ -182,7 +182,7 @@ def _fused_mlp_build() -> dict:
 
     c = fused_mlp.DEFAULT_CONFIG
     consts = dict(BLOCK_M=1, B=c.block, BLOCK_K=c.block_k, BLOCK_N=c.block_n, NORM_BLOCK=1024,
-                  STAGES=c.num_stages)  # fmt: skip
+                  STAGES=c.num_stages, EVEN_I=True)  # fmt: skip
     return _compile(fused_mlp._fused_mlp_kernel, {"acc_ptr": "*fp32"}, consts, c.num_warps,
                     c.num_stages, divisible=("H", "I"))  # fmt: skip
 
