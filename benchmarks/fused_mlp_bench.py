@@ -35,9 +35,12 @@ HIDDEN, INTER, EPS = 4096, 14336, 1e-5
 C = FusedMLPConfig
 # (rows per program, gate_up K step, down output step, warps, stages): spill-free at sm_90
 # with Triton 3.6 (tests/test_kernels_sm90_compile.py).
-SWEEP = [C(64, 64, 64, 8, 4), C(32, 128, 32, 4, 3), C(32, 64, 64, 4, 4), C(64, 64, 64, 4, 3),
-         C(64, 128, 128, 8, 3), C(128, 64, 64, 8, 3), C(32, 128, 64, 4, 3), C(16, 256, 64, 4, 3),
-         C(32, 128, 128, 4, 3), C(64, 64, 64, 8, 3), C(32, 64, 64, 2, 4), C(16, 128, 64, 2, 4)]
+# The first H200 sweep (benchmarks/results/h200-2026-12-02-fused-mlp-bench-1.json) was fastest
+# with the fewest, largest tiles per program step: larger ones here.
+SWEEP = [C(16, 256, 64, 4, 3), C(16, 512, 256, 4, 3), C(16, 1024, 512, 8, 3),
+         C(32, 256, 256, 4, 3), C(32, 512, 256, 8, 3), C(16, 512, 512, 4, 2),
+         C(16, 256, 256, 4, 4), C(32, 256, 128, 4, 3), C(16, 512, 256, 8, 3),
+         C(16, 1024, 256, 4, 2)]
 
 
 @dataclasses.dataclass
