@@ -4,8 +4,8 @@ process: no reloads, one machine, one KV state, so differences of 1% are visible
 The step is the decode graph's body (engine/cuda_graphs.py: ReqToToken write, embedding, the
 layers, the final norm), captured afresh for each variant and replayed with the static inputs
 of a real request decoding after a 1024-token prompt. Variants:
-- kernel choices: fused decode layers, the one-kernel MLP (fused_mlp), PDL (engine options),
-  decode-attention split counts, RMSNorm warps;
+- kernel choices: fused decode layers, PDL (engine options), decode-attention split counts,
+  RMSNorm warps;
 - ablations that drop one kind of work from the chain (attention with its rotary and KV store,
   the norms, SiLU-and-mul) to show what it costs in place, launch gaps included. An ablated
   step computes garbage by design; only its time is used.
@@ -42,8 +42,7 @@ from raylight.engine.layers.fused import use_fused_kernels
 from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.llm import LLM
 from raylight.engine.sampling_params import SamplingParams
-from raylight.kernels import decode_attention, fused_mlp, rmsnorm
-from raylight.kernels.fused_mlp import FusedMLPConfig
+from raylight.kernels import decode_attention, rmsnorm
 
 
 @contextlib.contextmanager
@@ -86,17 +85,11 @@ def variant(name: str, runner) -> Iterator[object]:
     """Sets up variant `name` on the runner's model; yields the attention backend to use."""
     model, backend, c = runner.model, runner.backend, runner.config
     with contextlib.ExitStack() as stack:
-        # Restored to the engine's own settings afterwards:
-        if name in ("fused", "pdl") or name.startswith("fused_mlp"):
+        if name in ("fused", "pdl"):  # restored to the engine's own settings afterwards
             stack.callback(use_fused_kernels, model, c.fused_kernels, c.skinny_linear, c.pdl,
-                           c.fuse_decode_layers, c.fused_mlp)  # fmt: skip
+                           c.fuse_decode_layers)  # fmt: skip
         if name == "fused":
             use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl, fuse_decode=True)
-        elif name.startswith("fused_mlp"):  # fused_mlp, or fused_mlp_B_K_N_W_S (its config)
-            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl, fused_mlp=True)
-            if name != "fused_mlp":
-                cfg = FusedMLPConfig(*map(int, name.removeprefix("fused_mlp_").split("_")))
-                stack.enter_context(_set(fused_mlp, "DEFAULT_CONFIG", cfg))
         elif name.startswith("splits_"):  # every decode attention with this many splits
             splits = int(name.removeprefix("splits_"))
             stack.enter_context(_set(decode_attention, "choose_num_splits",
@@ -104,8 +97,7 @@ def variant(name: str, runner) -> Iterator[object]:
         elif name.startswith("norm_warps_"):
             stack.enter_context(_set(rmsnorm, "MAX_WARPS", int(name.removeprefix("norm_warps_"))))
         elif name == "pdl":
-            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers,
-                              c.fused_mlp)  # fmt: skip
+            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers)
             backend = make_attention_backend(c.attention_backend, pdl=True)
         else:
             drops = {"no_attention": ["attention"], "no_norms": ["norms"], "no_silu": ["silu"],

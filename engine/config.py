@@ -57,11 +57,6 @@ class EngineOptions:
     # slower on the H200 (batch-1 TPOT 4.83 vs 4.61 ms, and 21 ms per step at batch 8:
     # benchmarks/results/h200-2026-12-02-split-latency-fuse-decode-layers.json, ...-profile-*).
     fuse_decode_layers: bool = False
-    # Decode steps of at most 4 rows run each layer's MLP half (residual add, RMSNorm, gate_up,
-    # SiLU-and-mul, down_proj) as one Triton kernel without a grid barrier, its output summed
-    # across programs by fp32 atomics (kernels/fused_mlp.py); needs fused_kernels, one rank,
-    # no MLP bias. The last bit of the fp32 sums may differ from run to run. Off until timed.
-    fused_mlp: bool = False
     # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
@@ -107,7 +102,6 @@ class EngineConfig:
     skinny_linear: bool = False
     pdl: bool = False  # only on CUDA
     fuse_decode_layers: bool = False
-    fused_mlp: bool = False
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
@@ -185,7 +179,6 @@ def resolve_engine_config(
         ),
         pdl=options.pdl and _supports_pdl(device),
         fuse_decode_layers=options.fuse_decode_layers,
-        fused_mlp=options.fused_mlp,
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
         prefill_graph_max_tokens=options.prefill_graph_max_tokens,

@@ -91,7 +91,7 @@ class ModelRunner:
                 )
             model.load_weights(iter_weights(config.model_dir, self.device, progress))
         use_fused_kernels(model, config.fused_kernels, config.skinny_linear, config.pdl,
-                          config.fuse_decode_layers, config.fused_mlp)  # fmt: skip
+                          config.fuse_decode_layers)  # fmt: skip
         self.model = model.eval()
         self.backend = make_attention_backend(config.attention_backend, pdl=config.pdl)
         graph_batch = self._graph_max_batch(tp)

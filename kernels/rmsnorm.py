@@ -41,7 +41,6 @@ def _rmsnorm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
     USE_PDL: tl.constexpr,
-    FROM_ACC: tl.constexpr = False,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -51,8 +50,6 @@ def _rmsnorm_kernel(
         pdl_wait(USE_PDL)
         pdl_release(USE_PDL)  # after the wait: see kernels/_common_jit.py
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    if FROM_ACC:  # x is an fp32 accumulator: rounded as the unfused layer's output
-        x = x.to(res_out_ptr.dtype.element_ty).to(tl.float32)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
         summed = (x + res).to(res_out_ptr.dtype.element_ty)
@@ -63,11 +60,6 @@ def _rmsnorm_kernel(
     if not USE_PDL:  # (where the timed build loads it)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_out + cols, (normed * w).to(out_ptr.dtype.element_ty), mask)
-    if FROM_ACC:
-        # Zeroed last, after a barrier: the store's threads need not be the ones that loaded
-        # each element (layouts differ), and every load has completed once the sum above used it.
-        tl.debug_barrier()
-        tl.store(x_ptr + row * stride_x + cols, tl.zeros([BLOCK], tl.float32), mask=mask)
 
 
 def _check_rows(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
@@ -85,7 +77,6 @@ def _launch(
     out: torch.Tensor,
     res_out: torch.Tensor | None,
     pdl: bool,
-    from_acc: bool = False,
 ) -> None:
     hidden = x.shape[1]
     block = triton.next_power_of_2(hidden)
@@ -97,8 +88,8 @@ def _launch(
         x, res, weight, out, res_o,
         x.stride(0), res.stride(0), out.stride(0), res_o.stride(0),
         hidden, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, USE_PDL=use_pdl, FROM_ACC=from_acc,
-        num_warps=num_warps, **pdl_launch_options(use_pdl),
+        HAS_RESIDUAL=residual is not None, BLOCK=block, USE_PDL=use_pdl, num_warps=num_warps,
+        **pdl_launch_options(use_pdl),
     )  # fmt: skip
 
 
@@ -151,31 +142,6 @@ def fused_add_rmsnorm(
     res_out = residual if inplace else torch.empty_like(residual)
     if x.shape[0]:
         _launch(x, residual, weight, eps, out, res_out, pdl)
-    return out, res_out
-
-
-def accumulated_add_rmsnorm(
-    acc: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float,
-    pdl: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """fused_add_rmsnorm where x is an fp32 accumulator (kernels/fused_mlp.py's output): x is
-    rounded to the residual's dtype first, as the unfused layer stores it, and `acc` is set to
-    zero (ready for the next accumulation). Returns (normed, acc rounded + residual)."""
-    check_tensor("acc", acc, 2, (torch.float32,), "[T, H]")
-    check_last_dim_contiguous("acc", acc)
-    check_tensor("residual", residual, 2, FLOAT_DTYPES, "[T, H]")
-    if residual.shape != acc.shape:
-        raise ValueError(f"residual: expected shape {tuple(acc.shape)}, got "
-                         f"{tuple(residual.shape)}")  # fmt: skip
-    check_last_dim_contiguous("residual", residual)
-    _check_common(residual, weight)
-    check_same_device(acc=acc, residual=residual, weight=weight)
-    out, res_out = torch.empty_like(residual), torch.empty_like(residual)
-    if acc.shape[0]:
-        _launch(acc, residual, weight, eps, out, res_out, pdl, from_acc=True)
     return out, res_out
 
 

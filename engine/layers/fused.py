@@ -23,20 +23,15 @@ def use_fused_kernels(
     skinny_linear: bool = False,
     pdl: bool = False,
     fuse_decode: bool = False,
-    fused_mlp: bool = False,
 ) -> int:
     """Sets `fused` on every fusable layer of `model`, `skinny` on every linear layer, and
     `pdl` (programmatic dependent launch of their Triton kernels) on both; returns how many
     layers it set. `fuse_decode` (with both kernel families on) sets `fused_decode` on models
-    that have it: their small-batch steps run norms and activations inside the linear kernels.
-    `fused_mlp` (with the fused kernels on) sets `fused_mlp` on models that have it: their
-    small-batch steps run each MLP half as one kernel (kernels/fused_mlp.py)."""
+    that have it: their small-batch steps run norms and activations inside the linear kernels."""
     count = 0
     for module in model.modules():
         if hasattr(type(module), "fused_decode"):
             module.fused_decode = fuse_decode and enabled and skinny_linear
-        if hasattr(type(module), "fused_mlp"):
-            module.fused_mlp = fused_mlp and enabled
         if isinstance(module, _FUSABLE):
             module.fused = enabled
         elif isinstance(module, _LINEAR):

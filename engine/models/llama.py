@@ -25,8 +25,6 @@ from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.layers.rotary import RotaryEmbedding
 from raylight.engine.model_config import ModelArchConfig
 from raylight.engine.parallel import TPGroup
-from raylight.kernels.fused_mlp import ENGINE_MAX_ROWS, fused_mlp, fused_mlp_fits
-from raylight.kernels.rmsnorm import accumulated_add_rmsnorm
 
 
 class LlamaAttention(nn.Module):
@@ -69,14 +67,6 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
-
-    def forward_one_kernel(
-        self, h: torch.Tensor, residual: torch.Tensor, norm: RMSNorm, acc: torch.Tensor
-    ) -> torch.Tensor:
-        """norm(h + residual) through the MLP in one kernel (kernels/fused_mlp.py): the output
-        is added to the fp32 `acc`; returns h + residual (the next residual)."""
-        gate_up, down = self.gate_up_proj.weight, self.down_proj.weight
-        return fused_mlp(h, residual, norm.weight, norm.eps, gate_up, down, acc)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -122,7 +112,6 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     fused_decode: bool = False  # set by layers.fused.use_fused_kernels (fuse_decode_layers)
-    fused_mlp: bool = False  # likewise (engine option fused_mlp)
 
     def __init__(self, cfg: ModelArchConfig, tp: TPGroup, dtype: torch.dtype, max_positions: int):
         super().__init__()
@@ -143,8 +132,6 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         # input_ids, positions: [T] -> hidden states [T, hidden]
         x = self.embed_tokens(input_ids)
-        if self.fused_mlp and self._fused_mlp_fits(x):
-            return self._forward_fused_mlp(x, positions, ctx)
         if self.fused_decode and self.tp_size == 1 and fused_linear_fits(x, self.norm.weight):
             for layer in self.layers:
                 x = layer.forward_fused(x, positions, self.rope, ctx)
@@ -153,28 +140,6 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.layers:
             x, residual = layer(x, residual, positions, self.rope, ctx)
         return self.norm(x, residual)[0]
-
-    def _fused_mlp_fits(self, x: torch.Tensor) -> bool:
-        c = self.cfg
-        return (self.tp_size == 1 and not c.mlp_bias and x.dim() == 2 and x.stride(-1) == 1
-                and 0 < x.shape[0] <= ENGINE_MAX_ROWS and x.dtype == self.norm.weight.dtype
-                and fused_mlp_fits(x.shape[0], c.hidden_size))  # fmt: skip
-
-    def _forward_fused_mlp(
-        self, x: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        """`forward` with each layer's MLP half as one kernel (engine option fused_mlp): its
-        output stays in the fp32 `acc`, which the next norm rounds, adds to the residual and
-        zeroes (kernels/rmsnorm.py accumulated_add_rmsnorm). Same roundings as `forward`."""
-        acc = x.float()  # layer 0's norm then sees x + 0 = x, as forward's norm(x) does
-        residual = torch.zeros_like(x)
-        for layer in self.layers:
-            norm = layer.input_layernorm
-            h, residual = accumulated_add_rmsnorm(acc, residual, norm.weight, norm.eps)
-            h = layer.self_attn(h, positions, self.rope, ctx)
-            residual = layer.mlp.forward_one_kernel(h, residual, layer.post_attention_layernorm,
-                                                    acc)  # fmt: skip
-        return accumulated_add_rmsnorm(acc, residual, self.norm.weight, self.norm.eps)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
