@@ -17,10 +17,7 @@ FP8_POOLS = {"k_ptr": "*fp8e4nv", "v_ptr": "*fp8e4nv"}  # attention kernels' cac
 FP8_CACHES = {"k_cache_ptr": "*fp8e4nv", "v_cache_ptr": "*fp8e4nv"}  # kv_store's
 
 
-def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: int,
-             divisible: tuple[str, ...] = ()) -> dict:  # fmt: skip
-    """divisible: int arguments that the launches pass as multiples of 16 (Triton specializes
-    on that, and it decides the loads' vector width and so their pipelining)."""
+def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: int) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -35,7 +32,7 @@ def _compile(fn, pointers: dict, constexprs: dict, num_warps: int, num_stages: i
         sig[name] = pointers.get(name, BF16) if is_ptr else "i32"
         if name in ("qk_scale", "eps"):
             sig[name] = "fp32"
-        if is_ptr or name.startswith("stride") or name in divisible:
+        if is_ptr or name.startswith("stride"):
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn, sig, {(names.index(k),): v for k, v in constexprs.items()}, attrs)
     opts = {"num_warps": num_warps, "num_stages": num_stages}
