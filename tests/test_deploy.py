@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gzip
 import importlib
 import io
 import json
@@ -47,7 +48,7 @@ def _yaml(path: Path) -> dict[str, Any]:
 
 
 def _kuberay() -> dict[str, Any]:
-    return _yaml(DEPLOY / "kuberay-rayservice.yaml")
+    return _yaml(DEPLOY / "kuberay" / "rayservice.yaml")
 
 
 def _serve_configs() -> dict[str, dict[str, Any]]:
@@ -106,9 +107,9 @@ def _under(path: str, mounts: list[str]) -> bool:
 
 
 def test_every_deploy_yaml_parses() -> None:
-    names = {p.name for p in DEPLOY.glob("*.yaml")}
-    assert {"serve.yaml", "ray-cluster.yaml", "kuberay-rayservice.yaml"} <= names
-    for path in DEPLOY.glob("*.yaml"):
+    names = {p.relative_to(DEPLOY).as_posix() for p in DEPLOY.rglob("*.yaml")}
+    assert {"serve.yaml", "ray-cluster.yaml", "kuberay/rayservice.yaml"} <= names
+    for path in DEPLOY.rglob("*.yaml"):
         _yaml(path)
     assert isinstance(yaml.safe_load(_kuberay()["spec"]["serveConfigV2"]), dict)
 
@@ -198,6 +199,41 @@ def test_kuberay_manifest_has_head_gpu_workers_serve_port_and_the_image() -> Non
     for group in [head, *workers]:
         for container in _containers(group):
             assert container["image"].rsplit("/", 1)[-1] == _image_tag()
+
+
+def _strict(node: Any) -> Any:
+    """A CRD's OpenAPI v3 schema as JSON Schema, as kubeconform reads it: objects with
+    `properties` refuse other keys (unless they preserve unknown fields), fields with a default
+    are not required (the API server fills them in), int-or-string and nullable spelled out."""
+    if isinstance(node, list):
+        return [_strict(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _strict(v) for k, v in node.items()}
+    props = node.get("properties")
+    if props is not None:
+        if "required" in node:
+            node["required"] = [r for r in node["required"] if "default" not in props.get(r, {})]
+        keep_unknown = node.get("x-kubernetes-preserve-unknown-fields")
+        if "additionalProperties" not in node and not keep_unknown:
+            node["additionalProperties"] = False
+    if node.get("x-kubernetes-int-or-string") and "anyOf" not in node:
+        node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("nullable") and isinstance(node.get("type"), str):
+        node["type"] = [node["type"], "null"]
+    return node
+
+
+def test_kuberay_manifest_validates_against_the_rayservice_crd() -> None:
+    crd = json.loads(gzip.decompress((ROOT / "tests/data/kuberay_rayservice_v1.schema.json.gz")
+                                     .read_bytes()))  # fmt: skip
+    validator = jsonschema.Draft7Validator(_strict(crd))
+    errors = ["/".join(map(str, e.absolute_path)) + ": " + e.message
+              for e in validator.iter_errors(_kuberay())]  # fmt: skip
+    assert not errors, errors
+    broken = copy.deepcopy(_kuberay())
+    broken["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"] = {}  # a typo
+    assert not validator.is_valid(broken), "the strict schema must refuse unknown fields"
 
 
 def test_dockerfile_copies_what_pip_install_needs_and_runs_a_real_command() -> None:
