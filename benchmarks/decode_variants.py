@@ -5,7 +5,7 @@ The step is the decode graph's body (engine/cuda_graphs.py: ReqToToken write, em
 layers, the final norm), captured afresh for each variant and replayed with the static inputs
 of a real request decoding after a 1024-token prompt. Variants:
 - kernel choices: fused decode layers, PDL (engine options), decode-attention split counts,
-  RMSNorm warps;
+  RMSNorm warps, the one-row linears without kernels/row_gemv.py (no_row_gemv);
 - ablations that drop one kind of work from the chain (attention with its rotary and KV store,
   the norms, SiLU-and-mul) to show what it costs in place, launch gaps included. An ablated
   step computes garbage by design; only its time is used.
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import triton
 
+import raylight.engine.layers.linear as linear_mod
 from raylight.benchmarks.gpu_bench_cli import parse_engine_opts
 from raylight.engine.attention.registry import make_attention_backend
 from raylight.engine.cuda_graphs import DecodeGraphs
@@ -96,6 +97,8 @@ def variant(name: str, runner) -> Iterator[object]:
                                      lambda *args: splits))  # fmt: skip
         elif name.startswith("norm_warps_"):
             stack.enter_context(_set(rmsnorm, "MAX_WARPS", int(name.removeprefix("norm_warps_"))))
+        elif name == "no_row_gemv":  # the one-row linears as before kernels/row_gemv.py
+            stack.enter_context(_set(linear_mod, "choose_row_config", lambda *args: None))
         elif name == "pdl":
             use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers)
             backend = make_attention_backend(c.attention_backend, pdl=True)

@@ -135,6 +135,7 @@ def _compile_all() -> list[dict]:
         ),  # fmt: skip
         *_pdl_builds(),
         *_skinny_builds(),
+        *_row_gemv_builds(),
         _compile(top_p._top_p_cut_kernel,
                  {"values_ptr": "*fp32", "top_p_ptr": "*fp32", "tau_ptr": "*fp32",
                   "ties_ptr": "*i32"}, dict(BLOCK=1024), 16, 1),  # fmt: skip
@@ -166,6 +167,22 @@ def _skinny_builds() -> list[dict]:
         build("_skinny_gate_up_norm_silu", (False, 4, 1024, 2, 4), NORM=True, GATED=True),
         build("_skinny_gate_up_norm_silu_dot", (True, 32, 256, 4, 4), NORM=True, GATED=True),
     ]
+
+
+def _row_gemv_builds() -> list[dict]:
+    """The one-wave batch-1 linear kernel with each measured H200 setting (kernels/row_gemv.py),
+    plain; and the qkv setting with a bias and programmatic dependent launch."""
+    from raylight.kernels import row_gemv
+
+    def build(cfg, suffix: str, **flags: bool) -> dict:
+        consts = {"HAS_BIAS": False, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+                  "EVEN_K": True, "STAGES": cfg.num_stages, "USE_PDL": False, **flags}
+        built = _compile(row_gemv._row_gemv_kernel, {}, consts, cfg.num_warps, cfg.num_stages)
+        return {**built, "name": f"_row_gemv_{suffix}"}
+
+    configs = {f"{n}x{k}": c for (_, n, k), c in row_gemv.MEASURED.items()}
+    return [build(c, name) for name, c in configs.items()] + [
+        build(configs["6144x4096"], "bias_pdl", HAS_BIAS=True, USE_PDL=True)]
 
 
 def _pdl_builds() -> list[dict]:
@@ -204,9 +221,9 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 26
+    assert len(results) == 31
     pdl = {name: results.pop(name) for name in list(results) if name.endswith("_pdl")}
-    assert len(pdl) == 6 and all(r["griddepcontrol"] for r in pdl.values()), pdl
+    assert len(pdl) == 7 and all(r["griddepcontrol"] for r in pdl.values()), pdl
     for r in pdl.values():  # PDL adds no spills either
         assert r["usage"] and all("STACK:0 " in u and "LOCAL:0 " in u for u in r["usage"]), r
     assert not any(r["griddepcontrol"] for r in results.values())  # the default builds: none
@@ -222,6 +239,9 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     for name in ("_prefill_kernel_short", "_prefill_kernel_mid"):
         assert results[name]["wgmma"] and results[name]["cp_async"], results[name]
     assert results["_decode_stage1"]["cp_async"]
+    # The one-wave linear kernel's weight tiles are software-pipelined (cp.async) too.
+    rows = [r for name, r in results.items() if name.startswith("_row_gemv")]
+    assert len(rows) == 4 and all(r["cp_async"] for r in rows), rows
     # FP8 pools: the same pipelining (K/V tiles of one byte per element, converted in registers).
     assert results["_decode_stage1_fp8"]["cp_async"]
     # V read as int16 pairs: wide cp.async copies and ldmatrix, no byte-wise shared loads (the

@@ -13,6 +13,7 @@ from torch import nn
 
 from raylight.engine.errors import ModelDirectoryError
 from raylight.engine.parallel import TPGroup
+from raylight.kernels.row_gemv import choose_row_config, row_gemv
 from raylight.kernels.skinny_linear import MAX_ROWS, skinny_linear
 from raylight.kernels.skinny_linear_table import choose_config
 
@@ -24,8 +25,13 @@ def linear(
     skinny: bool,
     pdl: bool = False,
 ) -> torch.Tensor:
-    """F.linear, or with `skinny` the Triton small-batch kernel where its sweep says it wins
-    (launched with programmatic dependent launch if `pdl`)."""
+    """F.linear, or with `skinny` the Triton small-batch kernels where their sweeps say they win
+    (launched with programmatic dependent launch if `pdl`): for one row the one-wave kernel
+    (kernels/row_gemv.py) where it was measured, else the skinny kernel or cuBLAS."""
+    if skinny and x.dim() == 2 and x.shape[0] == 1 and x.stride(-1) == 1:
+        row_config = choose_row_config(weight.shape[0], weight.shape[1], x.device)
+        if row_config is not None and weight.stride(-1) == 1:
+            return row_gemv(x, weight, bias, row_config, pdl=pdl)
     if skinny and x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.stride(-1) == 1:
         # With PDL the kernel is preferred where it was swept: cuBLAS would break the chain.
         config = choose_config(x.shape[0], weight.shape[0], weight.shape[1], prefer_kernel=pdl)

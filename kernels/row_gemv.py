@@ -1,0 +1,169 @@
+"""y = x W^T (+ b) for one row of x, streamed by one wave of programs: batch-1 decode linears.
+
+kernels/skinny_linear.py launches a program per BLOCK_N outputs, in several waves; its last wave
+leaves SMs idle while the rest finish. Here a fixed grid of `progs_per_sm` programs per SM (one
+wave) each owns a contiguous strip of whole output rows (strips differ by at most one row
+block), walks it in [BLOCK_N, BLOCK_K] tiles of one software-pipelined loop, row block after
+row block, accumulates the fp32 products elementwise and reduces them once per row block.
+
+Measured on an H200 (benchmarks/gemv_chain_probe.py --sweep, 32 launches on distinct weights,
+results/h200-2026-12-04-gemv-chain-sweep.json), microseconds against the bytes over the copy
+bandwidth, and the layers' choice before (cuBLAS for qkv and gate_up, skinny_linear for o and
+down): qkv 13.96 / 11.77 (15.87), o 10.27 / 7.85 (11.21), gate_up 55.31 / 54.94 (56.00), down
+29.01 / 27.47 (29.98); a chain of 32 layers of the four, each input the previous output: 108.9
+us a layer against 114.1, and 107.9 with programmatic dependent launch.
+
+Layout: x [1, K] (last dim contiguous), W [N, K] with a contiguous last dim, b [N]; y [1, N] in
+x's dtype, accumulated in fp32 and rounded once.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from raylight.kernels._common import (
+    FLOAT_DTYPES,
+    check_dim,
+    check_last_dim_contiguous,
+    check_same_device,
+    check_tensor,
+    pdl_enabled,
+    pdl_launch_options,
+)
+from raylight.kernels._common_jit import pdl_release, pdl_wait
+from raylight.kernels.attention_checks import num_sms
+
+
+@dataclass(frozen=True, slots=True)
+class RowGemvConfig:
+    block_n: int
+    block_k: int
+    num_stages: int
+    num_warps: int
+    progs_per_sm: int
+
+
+# The best of 192 settings per shape (block_n 2-16, block_k 256-1024, 3-4 stages, 1-4 warps,
+# 3-6 programs per SM), from the sweep named above: (device, N, K) -> config. Shapes and
+# devices not listed keep the layers' other kernels.
+MEASURED: dict[tuple[str, int, int], RowGemvConfig] = {
+    ("NVIDIA H200", 6144, 4096): RowGemvConfig(8, 512, 4, 4, 3),
+    ("NVIDIA H200", 4096, 4096): RowGemvConfig(4, 1024, 3, 1, 4),
+    ("NVIDIA H200", 28672, 4096): RowGemvConfig(4, 1024, 4, 2, 4),
+    ("NVIDIA H200", 4096, 14336): RowGemvConfig(8, 512, 3, 4, 4),
+}
+DEFAULT_CONFIG = RowGemvConfig(4, 512, 4, 2, 4)
+
+
+@functools.lru_cache(maxsize=8)
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def device_name(device: torch.device) -> str:
+    """MEASURED's key for a device: the CUDA device's name, else its type ("cpu")."""
+    if device.type != "cuda":
+        return device.type
+    return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def choose_row_config(n: int, k: int, device: torch.device) -> RowGemvConfig | None:
+    """The measured setting for an [n, k] weight on this device, or None (not measured)."""
+    return MEASURED.get((device_name(device), n, k))
+
+
+@triton.jit
+def _row_gemv_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, STAGES: tl.constexpr, USE_PDL: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    progs = tl.num_programs(0)
+    blocks = tl.cdiv(N, BLOCK_N)
+    first = pid * blocks // progs  # this program's row blocks: [first, last)
+    last = (pid + 1) * blocks // progs
+    rn = tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    k_steps = tl.cdiv(K, BLOCK_K)
+    pdl_wait(USE_PDL)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for i in tl.range(0, (last - first) * k_steps, num_stages=STAGES):
+        step = i // k_steps
+        kt = i - step * k_steps
+        rows = (first + step) * BLOCK_N + rn
+        # Rows past N read row 0 instead of being masked (the loads stay vectorized); they are
+        # never stored.
+        rows_read = tl.where(rows < N, rows, 0).to(tl.int64)
+        cols = kt * BLOCK_K + rk
+        w_ptrs = w_ptr + rows_read[:, None] * stride_wn + cols[None, :]
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+            x = tl.load(x_ptr + cols)
+        else:
+            k_ok = cols < K
+            w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+            x = tl.load(x_ptr + cols, mask=k_ok, other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        if kt == k_steps - 1:
+            y = tl.sum(acc, axis=1)
+            if HAS_BIAS:
+                y += tl.load(b_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+            tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    pdl_release(USE_PDL)  # after the loop: see kernels/_common_jit.py
+
+
+def row_gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    config: RowGemvConfig | None = None,
+    pdl: bool = False,
+) -> torch.Tensor:
+    """x [1, K], weight [N, K], bias [N] or None -> y [1, N] in x's dtype. pdl: launch with
+    programmatic dependent launch (kernels/_common.py)."""
+    check_tensor("x", x, 2, FLOAT_DTYPES, "[1, K]")
+    check_tensor("weight", weight, 2, (x.dtype,), "[N, K]")
+    check_last_dim_contiguous("x", x)
+    check_last_dim_contiguous("weight", weight)
+    if x.shape[0] != 1:
+        raise ValueError(f"x: expected one row [1, K], got shape {tuple(x.shape)}")
+    n, k = weight.shape
+    check_dim("weight", weight, 1, x.shape[1], "K, the input features")
+    tensors = {"x": x, "weight": weight}
+    if bias is not None:
+        check_tensor("bias", bias, 1, (x.dtype,), "[N]")
+        check_dim("bias", bias, 0, n, "the weight's rows")
+        tensors["bias"] = bias
+    check_same_device(**tensors)
+    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    if n == 0:
+        return y
+    if k == 0:
+        return y.copy_(row_gemv_ref(x, weight, bias))
+    cfg = config or DEFAULT_CONFIG
+    block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
+    blocks = triton.cdiv(n, cfg.block_n)
+    use_pdl = pdl_enabled(pdl, x)
+    _row_gemv_kernel[(min(blocks, cfg.progs_per_sm * num_sms(x.device)),)](
+        x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=block_k,
+        EVEN_K=k % block_k == 0, STAGES=cfg.num_stages, USE_PDL=use_pdl,
+        num_warps=cfg.num_warps, **pdl_launch_options(use_pdl),
+    )  # fmt: skip
+    return y
+
+
+def row_gemv_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Reference: the product in fp32, rounded once to x's dtype."""
+    b = None if bias is None else bias.float()
+    return F.linear(x.float(), weight.float(), b).to(x.dtype)

@@ -1,0 +1,135 @@
+"""The one-wave batch-1 linear kernel (kernels/row_gemv.py) against its torch reference and a
+float64 product, and the layers' dispatch to it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import raylight.kernels.row_gemv as rg
+from raylight.engine.layers.linear import linear
+from raylight.kernels.row_gemv import RowGemvConfig, row_gemv, row_gemv_ref
+
+# Several row blocks per program, one program per row block (programs left idle), a K tile
+# wider than K, one without software pipelining.
+CONFIGS = [
+    RowGemvConfig(4, 64, 2, 1, 1),
+    RowGemvConfig(8, 32, 3, 2, 16),
+    RowGemvConfig(2, 256, 2, 1, 2),
+    RowGemvConfig(16, 64, 1, 4, 1),
+]
+TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,k", [(37, 100), (64, 256), (50, 1030), (16, 16), (3, 64)])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["strips", "idle", "wide-k", "nostage"])
+def test_matches_reference(dtype, n: int, k: int, cfg: RowGemvConfig) -> None:
+    gen = torch.Generator().manual_seed(n * 13 + k)
+    x = torch.randn(1, k, generator=gen).to(dtype)
+    w = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype)
+    atol, rtol = TOL[dtype]
+    for bias in (None, b):
+        y = row_gemv(x, w, bias, cfg)
+        assert y.shape == (1, n) and y.dtype == dtype
+        torch.testing.assert_close(y, row_gemv_ref(x, w, bias), atol=atol, rtol=rtol)
+    exact = (x.double() @ w.double().t() + b.double()).to(dtype)
+    torch.testing.assert_close(row_gemv_ref(x, w, b), exact, atol=atol, rtol=rtol)
+
+
+def test_strided_weight_rows_and_empty() -> None:
+    base = torch.randn(24, 80)
+    w = base[:, :64]  # row stride 80
+    x = torch.randn(1, 64)
+    torch.testing.assert_close(row_gemv(x, w), row_gemv_ref(x, w), atol=1e-4, rtol=1e-4)
+    assert row_gemv(torch.randn(1, 8), torch.randn(0, 8)).shape == (1, 0)
+    b = torch.randn(5)
+    torch.testing.assert_close(row_gemv(torch.randn(1, 0), torch.randn(5, 0), b), b[None])
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="one row"):
+        row_gemv(torch.randn(2, 16), torch.randn(4, 16))
+    with pytest.raises(ValueError, match="K, the input features"):
+        row_gemv(torch.randn(1, 16), torch.randn(4, 15))
+    with pytest.raises(ValueError, match="weight: expected dtype"):
+        row_gemv(torch.randn(1, 16), torch.randn(4, 16, dtype=torch.float16))
+    with pytest.raises(ValueError, match="weight: last dim must be contiguous"):
+        row_gemv(torch.randn(1, 16), torch.randn(16, 4).t())
+    with pytest.raises(ValueError, match="bias: dim 0"):
+        row_gemv(torch.randn(1, 16), torch.randn(4, 16), torch.randn(5))
+
+
+def test_layers_use_it_for_one_row_of_a_measured_shape(monkeypatch) -> None:
+    """`linear` takes the kernel only with `skinny`, one row and a measured (device, shape)."""
+    import raylight.engine.layers.linear as linear_mod
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return row_gemv(*args, **kwargs)
+
+    monkeypatch.setattr(linear_mod, "row_gemv", counting)
+    x = torch.randn(2, 32)
+    w, b = torch.randn(48, 32), torch.randn(48)
+    want = F.linear(x, w, b)
+    linear(x[:1], w, b, skinny=True)
+    assert calls == []  # not measured on this device: the other kernels
+    monkeypatch.setitem(rg.MEASURED, ("cpu", 48, 32), RowGemvConfig(4, 16, 2, 1, 2))
+    torch.testing.assert_close(linear(x[:1], w, b, skinny=True), want[:1], atol=1e-4, rtol=1e-4)
+    assert calls == [1]
+    torch.testing.assert_close(linear(x[:1], w, b, skinny=False), want[:1])
+    linear(x, w, b, skinny=True)  # two rows
+    assert calls == [1]
+
+
+@pytest.mark.gpu
+def test_gpu_measured_shapes() -> None:
+    for (_, n, k), cfg in rg.MEASURED.items():
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        b = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        for c in (cfg, rg.DEFAULT_CONFIG):
+            for bias in (None, b):
+                torch.testing.assert_close(row_gemv(x, w, bias, c), row_gemv_ref(x, w, bias),
+                                           atol=2e-2, rtol=2e-2)  # fmt: skip
+
+
+def test_engine_greedy_output_unchanged(tiny_models, monkeypatch) -> None:
+    """Every one-row linear layer of the engine through the kernel (interpreter): greedy output
+    as the torch path's (itself checked against HF transformers in tests/test_engine_hf.py)."""
+    import random
+
+    import raylight.engine.layers.linear as linear_mod
+    from raylight.engine.config import EngineOptions
+    from raylight.engine.llm import create_engine_core
+    from raylight.engine.sampling_params import SamplingParams
+
+    from .engine_helpers import assert_pool_empty, run_to_completion
+
+    arch = "qwen2"  # its qkv projection has a bias
+    rng = random.Random(5)
+    prompts = [[rng.randrange(200) for _ in range(rng.randrange(3, 12))] for _ in range(2)]
+    greedy = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+
+    def core(skinny: bool):
+        options = EngineOptions(dtype="float32", device="cpu", max_model_len=128,
+                                num_kv_slots=512, max_num_seqs=1, skinny_linear=skinny)  # fmt: skip
+        return create_engine_core(tiny_models[arch], options, progress=False)
+
+    want = [r.output_token_ids for r in run_to_completion(core(False), prompts, greedy)]
+    calls = []
+
+    def every_shape(n: int, k: int, device: torch.device) -> RowGemvConfig:
+        calls.append((n, k))
+        return RowGemvConfig(8, 128, 2, 1, 1)
+
+    monkeypatch.setattr(linear_mod, "choose_row_config", every_shape)
+    fast = core(True)
+    got = [r.output_token_ids for r in run_to_completion(fast, prompts, greedy)]
+    assert got == want
+    assert len(set(calls)) >= 4  # qkv, o, gate_up, down (and the LM head) took the kernel
+    assert_pool_empty(fast)
