@@ -23,7 +23,6 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -38,6 +37,7 @@ from raylight.kernels._common import (
 )
 from raylight.kernels._common_jit import pdl_release, pdl_wait
 from raylight.kernels.attention_checks import num_sms
+from raylight.kernels.skinny_linear import skinny_linear_ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +80,14 @@ def choose_row_config(n: int, k: int, device: torch.device) -> RowGemvConfig | N
 
 @triton.jit
 def _row_gemv_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn,
+    x_ptr, w_ptr, b_ptr, y_ptr, g_ptr, res_ptr, N, K, stride_wn, eps,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr, STAGES: tl.constexpr, USE_PDL: tl.constexpr,
+    NORM: tl.constexpr = False, GATED: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
 ):  # fmt: skip
+    """y[n] for the N outputs (GATED: W has 2N rows, gate rows then up rows, and y =
+    silu(gate) * up). NORM: x is RMS-normalized with weight g first (1 / rms applied to the fp32
+    sums at the end). RESIDUAL: y += res."""
     pid = tl.program_id(0)
     progs = tl.num_programs(0)
     blocks = tl.cdiv(N, BLOCK_N)
@@ -92,8 +96,19 @@ def _row_gemv_kernel(
     rn = tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     k_steps = tl.cdiv(K, BLOCK_K)
+    up_offset = N.to(tl.int64) * stride_wn  # GATED: the up rows sit N rows below the gate rows
     pdl_wait(USE_PDL)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    # Only the fused builds carry these through the loop (a dead [BLOCK_N, BLOCK_K] accumulator
+    # would still cost its registers): the up rows' products, x's squares for the norm.
+    if GATED:
+        acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    else:
+        acc_up = tl.zeros([1, 1], tl.float32)
+    if NORM:
+        sum_sq = tl.zeros([BLOCK_K], tl.float32)
+    else:
+        sum_sq = tl.zeros([1], tl.float32)
     for i in tl.range(0, (last - first) * k_steps, num_stages=STAGES):
         step = i // k_steps
         kt = i - step * k_steps
@@ -103,19 +118,48 @@ def _row_gemv_kernel(
         rows_read = tl.where(rows < N, rows, 0).to(tl.int64)
         cols = kt * BLOCK_K + rk
         w_ptrs = w_ptr + rows_read[:, None] * stride_wn + cols[None, :]
+        k_ok = cols < K
         if EVEN_K:
             w = tl.load(w_ptrs)
             x = tl.load(x_ptr + cols)
+            if GATED:
+                w_up = tl.load(w_ptrs + up_offset)
         else:
-            k_ok = cols < K
             w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
             x = tl.load(x_ptr + cols, mask=k_ok, other=0.0)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+            if GATED:
+                w_up = tl.load(w_ptrs + up_offset, mask=k_ok[None, :], other=0.0)
+        xf = x.to(tl.float32)
+        if NORM:  # as the unfused norm rounds its output to x's dtype
+            sum_sq += xf * xf
+            g = tl.load(g_ptr + cols, mask=k_ok, other=0.0).to(tl.float32)
+            xf = (xf * g).to(x.dtype).to(tl.float32)
+        acc += w.to(tl.float32) * xf[None, :]
+        if GATED:
+            acc_up += w_up.to(tl.float32) * xf[None, :]
         if kt == k_steps - 1:
             y = tl.sum(acc, axis=1)
+            if NORM:
+                inv_rms = 1.0 / tl.sqrt(tl.sum(sum_sq, axis=0) / K + eps)
+                y *= inv_rms
+                sum_sq = tl.zeros([BLOCK_K], tl.float32)
+            n_ok = rows < N
             if HAS_BIAS:
-                y += tl.load(b_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-            tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+                y += tl.load(b_ptr + rows, mask=n_ok, other=0.0).to(tl.float32)
+            if GATED:  # gate and up rounded to y's dtype first, as the unfused projection
+                up = tl.sum(acc_up, axis=1)
+                if NORM:
+                    up *= inv_rms
+                if HAS_BIAS:
+                    up += tl.load(b_ptr + N + rows, mask=n_ok, other=0.0).to(tl.float32)
+                gate = y.to(y_ptr.dtype.element_ty).to(tl.float32)
+                up = up.to(y_ptr.dtype.element_ty).to(tl.float32)
+                y = gate * tl.sigmoid(gate) * up
+                acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+            if RESIDUAL:
+                res = tl.load(res_ptr + rows, mask=n_ok, other=0.0).to(tl.float32)
+                y = y.to(y_ptr.dtype.element_ty).to(tl.float32) + res
+            tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=n_ok)
             acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     pdl_release(USE_PDL)  # after the loop: see kernels/_common_jit.py
 
@@ -126,44 +170,85 @@ def row_gemv(
     bias: torch.Tensor | None = None,
     config: RowGemvConfig | None = None,
     pdl: bool = False,
+    *,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    gated: bool = False,
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x [1, K], weight [N, K], bias [N] or None -> y [1, N] in x's dtype. pdl: launch with
-    programmatic dependent launch (kernels/_common.py)."""
+    programmatic dependent launch (kernels/_common.py).
+
+    The decode layer's fusions, as kernels/skinny_linear.py's (engine option fuse_decode_layers):
+    `norm_weight` [K]: y = rmsnorm(x) W^T; `gated`: weight [2I, K] holds gate rows then up rows
+    and y [1, I] = silu(gate) * up; `residual` [1, N]: y += residual. `out` [1, N] receives y
+    (it may be `residual` itself)."""
     check_tensor("x", x, 2, FLOAT_DTYPES, "[1, K]")
     check_tensor("weight", weight, 2, (x.dtype,), "[N, K]")
     check_last_dim_contiguous("x", x)
     check_last_dim_contiguous("weight", weight)
     if x.shape[0] != 1:
         raise ValueError(f"x: expected one row [1, K], got shape {tuple(x.shape)}")
-    n, k = weight.shape
+    rows, k = weight.shape
     check_dim("weight", weight, 1, x.shape[1], "K, the input features")
+    if gated and rows % 2:
+        raise ValueError(f"weight: gated needs an even number of rows (gate | up), got {rows}")
+    n = rows // 2 if gated else rows
     tensors = {"x": x, "weight": weight}
     if bias is not None:
         check_tensor("bias", bias, 1, (x.dtype,), "[N]")
-        check_dim("bias", bias, 0, n, "the weight's rows")
+        check_dim("bias", bias, 0, rows, "the weight's rows")
         tensors["bias"] = bias
+    if norm_weight is not None:
+        check_tensor("norm_weight", norm_weight, 1, (x.dtype,), "[K]")
+        check_dim("norm_weight", norm_weight, 0, k, "K, the input features")
+        check_last_dim_contiguous("norm_weight", norm_weight)
+        tensors["norm_weight"] = norm_weight
+    for name, t in (("residual", residual), ("out", out)):
+        if t is not None:
+            check_tensor(name, t, 2, (x.dtype,), "[1, N]")
+            if tuple(t.shape) != (1, n):
+                raise ValueError(f"{name}: expected shape {(1, n)}, got {tuple(t.shape)}")
+            check_last_dim_contiguous(name, t)
+            tensors[name] = t
     check_same_device(**tensors)
-    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    y = torch.empty((1, n), dtype=x.dtype, device=x.device) if out is None else out
     if n == 0:
         return y
     if k == 0:
-        return y.copy_(row_gemv_ref(x, weight, bias))
+        ref = row_gemv_ref(x, weight, bias, norm_weight=norm_weight, eps=eps, gated=gated,
+                           residual=residual)  # fmt: skip
+        return y.copy_(ref)
     cfg = config or DEFAULT_CONFIG
-    block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
+    # Gated: two weight tiles and accumulators, so half the K step keeps the registers.
+    block_k = max(16, cfg.block_k // 2) if gated else cfg.block_k
+    block_k = min(block_k, max(16, triton.next_power_of_2(k)))
     blocks = triton.cdiv(n, cfg.block_n)
     use_pdl = pdl_enabled(pdl, x)
     _row_gemv_kernel[(min(blocks, cfg.progs_per_sm * num_sms(x.device)),)](
-        x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),
+        x, weight, bias if bias is not None else weight, y,
+        norm_weight if norm_weight is not None else weight,
+        residual if residual is not None else y, n, k, weight.stride(0), eps,
         HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=block_k,
         EVEN_K=k % block_k == 0, STAGES=cfg.num_stages, USE_PDL=use_pdl,
+        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None,
         num_warps=cfg.num_warps, **pdl_launch_options(use_pdl),
     )  # fmt: skip
     return y
 
 
 def row_gemv_ref(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    gated: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reference: the product in fp32, rounded once to x's dtype."""
-    b = None if bias is None else bias.float()
-    return F.linear(x.float(), weight.float(), b).to(x.dtype)
+    """Reference: the unfused layers' ops and roundings, as skinny_linear_ref (the product in
+    fp32 rounded once to x's dtype)."""
+    return skinny_linear_ref(x, weight, bias, norm_weight=norm_weight, eps=eps, gated=gated,
+                             residual=residual)  # fmt: skip

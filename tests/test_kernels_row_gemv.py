@@ -133,3 +133,84 @@ def test_engine_greedy_output_unchanged(tiny_models, monkeypatch) -> None:
     assert got == want
     assert len(set(calls)) >= 4  # qkv, o, gate_up, down (and the LM head) took the kernel
     assert_pool_empty(fast)
+
+
+FUSED = {
+    "norm": dict(norm=True),
+    "gated": dict(gated=True),
+    "residual": dict(residual=True),
+    "norm-gated-bias": dict(norm=True, gated=True, bias=True),
+    "norm-bias": dict(norm=True, bias=True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(37, 100), (64, 256), (24, 1030)])
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=["strips", "idle"])
+@pytest.mark.parametrize("variant", list(FUSED))
+def test_fused_variants_match_the_unfused_ops(dtype, n, k, cfg, variant) -> None:
+    from .test_kernels_skinny_linear import _exact, _fused_case
+
+    x, w, b, kw = _fused_case(dtype, 1, n, k, **FUSED[variant])
+    atol, rtol = TOL[dtype]
+    y = row_gemv(x, w, b, cfg, **kw)
+    torch.testing.assert_close(y, row_gemv_ref(x, w, b, **kw), atol=atol, rtol=rtol)
+    exact = _exact(x, w, b, **kw).to(dtype)
+    torch.testing.assert_close(y, exact, atol=4 * atol, rtol=4 * rtol)
+
+
+def test_residual_epilogue_in_place_and_errors() -> None:
+    x, w = torch.randn(1, 64), torch.randn(24, 64)
+    stream = torch.randn(1, 24)
+    want = row_gemv_ref(x, w, residual=stream.clone())
+    got = row_gemv(x, w, residual=stream, out=stream)
+    assert got.data_ptr() == stream.data_ptr()
+    torch.testing.assert_close(stream, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="even number of rows"):
+        row_gemv(x, torch.randn(25, 64), gated=True)
+    with pytest.raises(ValueError, match="residual: expected shape"):
+        row_gemv(x, w, residual=torch.randn(1, 23))
+    with pytest.raises(ValueError, match="norm_weight: dim 0"):
+        row_gemv(x, w, norm_weight=torch.randn(63))
+
+
+def test_fused_decode_layers_take_it_for_one_row(tiny_models, monkeypatch) -> None:
+    """Engine option fuse_decode_layers with every one-row projection through this kernel
+    (interpreter): greedy output as the plain torch path's."""
+    import raylight.engine.layers.linear as linear_mod
+    from raylight.engine.config import EngineOptions
+    from raylight.engine.llm import create_engine_core
+    from raylight.engine.sampling_params import SamplingParams
+
+    from .engine_helpers import assert_pool_empty, run_to_completion
+
+    prompts = [[5, 17, 99, 3, 42, 8], [120, 7, 7, 61]]
+    greedy = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+
+    def core(fast: bool):
+        kernels = {"attention_backend": "triton", "fused_kernels": True, "skinny_linear": True,
+                   "fuse_decode_layers": True} if fast else {}  # fmt: skip
+        options = EngineOptions(dtype="float32", device="cpu", max_model_len=128,
+                                num_kv_slots=512, max_num_seqs=1, **kernels)  # fmt: skip
+        return create_engine_core(tiny_models["qwen2"], options, progress=False)
+
+    want = [r.output_token_ids for r in run_to_completion(core(False), prompts, greedy)]
+    calls = []
+    fused = []
+
+    def every_shape(n: int, k: int, device: torch.device) -> RowGemvConfig:
+        calls.append((n, k))
+        return RowGemvConfig(8, 128, 2, 1, 1)
+
+    def counting(*args, **kwargs):
+        fused.append(bool(kwargs.get("norm_weight") is not None or kwargs.get("gated")
+                          or kwargs.get("residual") is not None))  # fmt: skip
+        return row_gemv(*args, **kwargs)
+
+    monkeypatch.setattr(linear_mod, "choose_row_config", every_shape)
+    monkeypatch.setattr(linear_mod, "row_gemv", counting)
+    fast = core(True)
+    got = [r.output_token_ids for r in run_to_completion(fast, prompts, greedy)]
+    assert got == want
+    assert sum(fused) >= 4 * fast.config.arch.num_layers  # every projection of a step, fused
+    assert_pool_empty(fast)

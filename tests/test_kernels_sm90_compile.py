@@ -171,18 +171,27 @@ def _skinny_builds() -> list[dict]:
 
 def _row_gemv_builds() -> list[dict]:
     """The one-wave batch-1 linear kernel with each measured H200 setting (kernels/row_gemv.py),
-    plain; and the qkv setting with a bias and programmatic dependent launch."""
+    plain; the qkv setting with a bias and programmatic dependent launch; and the decode layer's
+    fusions (fuse_decode_layers): qkv with the norm, o / down with the residual, gate_up with
+    the norm and SiLU-and-mul (half the K step, as the launcher takes for gated weights)."""
     from raylight.kernels import row_gemv
 
-    def build(cfg, suffix: str, **flags: bool) -> dict:
-        consts = {"HAS_BIAS": False, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                  "EVEN_K": True, "STAGES": cfg.num_stages, "USE_PDL": False, **flags}
+    def build(cfg, suffix: str, gated: bool = False, **flags: bool) -> dict:
+        block_k = cfg.block_k // 2 if gated else cfg.block_k
+        consts = {"HAS_BIAS": False, "BLOCK_N": cfg.block_n, "BLOCK_K": block_k,
+                  "EVEN_K": True, "STAGES": cfg.num_stages, "USE_PDL": False, "GATED": gated,
+                  "NORM": False, "RESIDUAL": False, **flags}  # fmt: skip
         built = _compile(row_gemv._row_gemv_kernel, {}, consts, cfg.num_warps, cfg.num_stages)
         return {**built, "name": f"_row_gemv_{suffix}"}
 
     configs = {f"{n}x{k}": c for (_, n, k), c in row_gemv.MEASURED.items()}
     return [build(c, name) for name, c in configs.items()] + [
-        build(configs["6144x4096"], "bias_pdl", HAS_BIAS=True, USE_PDL=True)]
+        build(configs["6144x4096"], "bias_pdl", HAS_BIAS=True, USE_PDL=True),
+        build(configs["6144x4096"], "fused_qkv_norm", NORM=True),
+        build(configs["4096x4096"], "fused_o_residual", RESIDUAL=True),
+        build(configs["28672x4096"], "fused_gate_up_norm_silu", gated=True, NORM=True),
+        build(configs["4096x14336"], "fused_down_residual", RESIDUAL=True),
+    ]
 
 
 def _pdl_builds() -> list[dict]:
@@ -221,7 +230,7 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 31
+    assert len(results) == 35
     pdl = {name: results.pop(name) for name in list(results) if name.endswith("_pdl")}
     assert len(pdl) == 7 and all(r["griddepcontrol"] for r in pdl.values()), pdl
     for r in pdl.values():  # PDL adds no spills either
@@ -241,7 +250,7 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     assert results["_decode_stage1"]["cp_async"]
     # The one-wave linear kernel's weight tiles are software-pipelined (cp.async) too.
     rows = [r for name, r in results.items() if name.startswith("_row_gemv")]
-    assert len(rows) == 4 and all(r["cp_async"] for r in rows), rows
+    assert len(rows) == 8 and all(r["cp_async"] for r in rows), rows
     # FP8 pools: the same pipelining (K/V tiles of one byte per element, converted in registers).
     assert results["_decode_stage1_fp8"]["cp_async"]
     # V read as int16 pairs: wide cp.async copies and ldmatrix, no byte-wise shared loads (the

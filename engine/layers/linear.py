@@ -53,10 +53,16 @@ def fused_linear(
     """The small-batch kernel with the decode layer's fusions (kernels/skinny_linear.py):
     `norm` (an RMSNorm) applied to x first, silu(gate) * up of a gated [gate | up] weight,
     `residual` added and updated in place. One rank only (a row-parallel layer would add the
-    residual before its all-reduce); callers check `fused_linear_fits`."""
-    config = choose_config(x.shape[0], weight.shape[0], weight.shape[1], fused=True)
+    residual before its all-reduce); callers check `fused_linear_fits`. One row of a shape
+    measured for kernels/row_gemv.py takes that kernel, with the same fusions."""
     norm_weight = None if norm is None else norm.weight
     eps = 1e-6 if norm is None else norm.eps
+    if x.shape[0] == 1 and weight.stride(-1) == 1:
+        row_config = choose_row_config(weight.shape[0], weight.shape[1], x.device)
+        if row_config is not None:
+            return row_gemv(x, weight, bias, row_config, pdl, norm_weight=norm_weight, eps=eps,
+                            gated=gated, residual=residual, out=residual)  # fmt: skip
+    config = choose_config(x.shape[0], weight.shape[0], weight.shape[1], fused=True)
     return skinny_linear(x, weight, bias, config, pdl, norm_weight=norm_weight, eps=eps,
                          gated=gated, residual=residual, out=residual)  # fmt: skip
 
