@@ -96,6 +96,18 @@ def test_gpu_measured_shapes() -> None:
             for bias in (None, b):
                 torch.testing.assert_close(row_gemv(x, w, bias, c), row_gemv_ref(x, w, bias),
                                            atol=2e-2, rtol=2e-2)  # fmt: skip
+        # The decode layer's fusions at the shapes that use them.
+        stream = 3 * torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        kw = {"norm_weight": 1 + 0.1 * torch.randn(k, device="cuda", dtype=torch.bfloat16)}
+        if n == 28672:
+            kw["gated"] = True
+        got = row_gemv(stream, w, None, cfg, **kw)
+        torch.testing.assert_close(got, row_gemv_ref(stream, w, None, **kw), atol=3e-2,
+                                   rtol=3e-2)  # fmt: skip
+        res = torch.randn(1, n, device="cuda", dtype=torch.bfloat16)
+        want = row_gemv_ref(x, w, None, residual=res)
+        torch.testing.assert_close(row_gemv(x, w, None, cfg, residual=res, out=res), want,
+                                   atol=3e-2, rtol=3e-2)  # fmt: skip
 
 
 def test_engine_greedy_output_unchanged(tiny_models, monkeypatch) -> None:
