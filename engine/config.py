@@ -51,12 +51,15 @@ class EngineOptions:
     # the H200 batch-1 TPOT reads 4.553 ms with it and 4.556 ms without
     # (benchmarks/results/h200-2026-12-02-latency-pdl-release-after-wait-*.json).
     pdl: bool = False
-    # Steps of at most 8 rows run each RMSNorm, residual add and SiLU-and-mul inside the
+    # Small decode steps run each RMSNorm, residual add and SiLU-and-mul inside the
     # neighbouring linear layer's Triton kernel (engine/models/llama.py forward_fused): 3 fewer
-    # launches per layer. Needs fused_kernels and skinny_linear (one rank only). Off by default:
-    # slower on the H200 (batch-1 TPOT 4.83 vs 4.61 ms, and 21 ms per step at batch 8:
-    # benchmarks/results/h200-2026-12-02-split-latency-fuse-decode-layers.json, ...-profile-*).
-    fuse_decode_layers: bool = False
+    # launches per layer. Needs fused_kernels and skinny_linear (one rank only). None ("auto"):
+    # one-row steps, where every projection has a measured setting of the one-row kernel
+    # (kernels/row_gemv.py; the Llama-3.1-8B shapes on an H200: batch-1 TPOT 4.264 vs 4.42 ms,
+    # benchmarks/results/h200-2026-12-04-decode-variants-row-gemv-fused.json). True: steps of up
+    # to 8 rows (slower with the 2-8 row kernels: 21 ms per step at batch 8 on the H200,
+    # h200-2026-12-02-split-profile-decode-fused.json). False: never.
+    fuse_decode_layers: bool | None = None
     # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
@@ -101,7 +104,7 @@ class EngineConfig:
     fused_kernels: bool = False
     skinny_linear: bool = False
     pdl: bool = False  # only on CUDA
-    fuse_decode_layers: bool = False
+    fuse_decode_layers: bool | None = None  # None: "auto" (EngineOptions)
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256

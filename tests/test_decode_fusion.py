@@ -61,7 +61,46 @@ def test_fused_decode_matches_the_torch_path(
 def test_option_needs_both_kernel_families(tiny_models: dict[str, Path]) -> None:
     plain = _core(tiny_models["llama"], fast=False, fuse_decode_layers=True)
     assert not plain.runner.model.fused_decode
-    assert not _core(tiny_models["llama"]).runner.model.fused_decode  # off by default
+    # The default ("auto") fuses only where the one-row kernel was measured: not on a CPU.
+    assert not _core(tiny_models["llama"]).runner.model.fused_decode
+
+
+def test_auto_fuses_one_row_steps_where_the_row_kernel_was_measured(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import raylight.kernels.row_gemv as rg
+    from raylight.engine.layers.linear import ColumnParallelLinear, RowParallelLinear
+
+    model = _core(tiny_models["llama"]).runner.model
+    shapes = {tuple(m.weight.shape) for m in model.modules()
+              if isinstance(m, ColumnParallelLinear | RowParallelLinear)}  # fmt: skip
+    for n, k in sorted(shapes)[:-1]:  # all but one shape measured: still off
+        monkeypatch.setitem(rg.MEASURED, ("cpu", n, k), rg.DEFAULT_CONFIG)
+    assert not _core(tiny_models["llama"]).runner.model.fused_decode
+    n, k = sorted(shapes)[-1]
+    monkeypatch.setitem(rg.MEASURED, ("cpu", n, k), rg.DEFAULT_CONFIG)
+    auto = _core(tiny_models["llama"]).runner.model
+    assert auto.fused_decode and auto.fused_decode_max_rows == 1
+    forced = _core(tiny_models["llama"], fuse_decode_layers=True).runner.model
+    assert forced.fused_decode_max_rows == 8
+    assert not _core(tiny_models["llama"], fuse_decode_layers=False).runner.model.fused_decode
+
+    calls = []
+    fused = LlamaDecoderLayer.forward_fused
+
+    def counted(self, x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return fused(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaDecoderLayer, "forward_fused", counted)
+    core = _core(tiny_models["llama"])
+    prompts = _prompts(2, seed=3)
+    want = [r.output_token_ids for r in run_to_completion(
+        _core(tiny_models["llama"], fast=False), prompts, GREEDY, [0, 2])]  # fmt: skip
+    got = [r.output_token_ids for r in run_to_completion(core, prompts, GREEDY, [0, 2])]
+    assert got == want
+    assert calls and set(calls) == {1}  # one-row steps only (the 2-row ones run unfused)
+    assert_pool_empty(core)
 
 
 @pytest.mark.slow

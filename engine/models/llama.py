@@ -111,7 +111,10 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    fused_decode: bool = False  # set by layers.fused.use_fused_kernels (fuse_decode_layers)
+    # Set by layers.fused.use_fused_kernels (fuse_decode_layers): steps of at most
+    # fused_decode_max_rows rows run forward_fused.
+    fused_decode: bool = False
+    fused_decode_max_rows: int = 0
 
     def __init__(self, cfg: ModelArchConfig, tp: TPGroup, dtype: torch.dtype, max_positions: int):
         super().__init__()
@@ -132,7 +135,8 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         # input_ids, positions: [T] -> hidden states [T, hidden]
         x = self.embed_tokens(input_ids)
-        if self.fused_decode and self.tp_size == 1 and fused_linear_fits(x, self.norm.weight):
+        if (self.fused_decode and x.shape[0] <= self.fused_decode_max_rows
+                and self.tp_size == 1 and fused_linear_fits(x, self.norm.weight)):  # fmt: skip
             for layer in self.layers:
                 x = layer.forward_fused(x, positions, self.rope, ctx)
             return self.norm(x)[0]
