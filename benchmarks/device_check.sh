@@ -10,6 +10,9 @@ set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
 export PYTHONPATH=/tmp/rl:${PYTHONPATH:-}
+# Not the working directory (the checkout root): its kernels/ would shadow Hugging Face's
+# `kernels` package, which transformers >= 5.25 imports.
+export PYTHONSAFEPATH=1
 # Real Triton kernels on the GPU (tests/conftest.py defaults to the interpreter otherwise).
 export TRITON_INTERPRET=0
 mkdir -p /tmp/rl && ln -sfn "$PWD" /tmp/rl/raylight   # the checkout is the `raylight` package

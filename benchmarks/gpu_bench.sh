@@ -23,6 +23,9 @@ if command -v nvidia-smi >/dev/null; then unset TRITON_INTERPRET; fi
 link=${RL_LINK_DIR:-/tmp/rl}   # the checkout is the `raylight` package (it is not installed)
 mkdir -p "$link" && ln -sfn "$PWD" "$link/raylight"
 export PYTHONPATH=$link:${PYTHONPATH:-}
+# Not the working directory (the checkout root): its kernels/ would shadow Hugging Face's
+# `kernels` package, which transformers >= 5.25 imports.
+export PYTHONSAFEPATH=1
 py=${PYTHON:-python3}
 
 # `raylight make-model --preset llama3-8b --device cuda --out $model`, called as a function (as

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
+
+# The checkout's root is the `raylight` package (installed editable), and its folder `kernels/`
+# would shadow Hugging Face's `kernels` package, which transformers >= 5.25 imports: keep the
+# root itself off sys.path (`python -m pytest` puts the working directory there).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
 
 # Triton kernels run in the interpreter on this CPU-only machine; must be set before import.
 os.environ.setdefault("TRITON_INTERPRET", "1")
