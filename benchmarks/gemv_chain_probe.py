@@ -14,7 +14,8 @@ over replays; per layer against the bytes it must read over the copy bandwidth o
   rows_best_*: each shape's best setting from --sweep, `_l2N`: each program also asks L2 for
   the first N x 2 KB of its strip before waiting.
 
-    TRITON_INTERPRET=0 python -m raylight.benchmarks.gemv_chain_probe [--out FILE]
+    TRITON_INTERPRET=0 python -m raylight.benchmarks.gemv_chain_probe [--out FILE] [--sweep
+        [--write-table]]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import triton.language as tl
 
 from raylight.benchmarks.gpu_bench_device import copy_bandwidth, median_ms, versions
 from raylight.engine.layers.linear import linear
+from raylight.kernels.row_gemv import table_path
 
 SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
 LAYERS = 32
@@ -167,6 +169,28 @@ def sweep(dev, sms: int, copy: float) -> dict[str, list[dict]]:
     return out
 
 
+def write_table(swept: dict[str, list[dict]], device: str, argv: list[str] | None) -> Path:
+    """kernels/row_gemv_configs/<device>.json, as kernels/row_gemv.load_row_table reads it."""
+    dims = {name: (n, k) for name, n, k in SHAPES}
+    entries = []
+    for name, rows in swept.items():
+        engine = next(r["us"] for r in rows if r["config"] == "engine")
+        best = rows[0]
+        if best["config"] != "engine":
+            n, k = dims[name]
+            entries.append({"n": n, "k": k, "config": best["config"], "us": best["us"],
+                            "engine_us": engine})  # fmt: skip
+    path = table_path(device)
+    path.write_text(json.dumps({
+        "device": device, "torch": torch.__version__,
+        "triton": triton.__version__,
+        "command": " ".join(["python -m raylight.benchmarks.gemv_chain_probe",
+                             *(argv or sys.argv[1:])]),
+        "config_fields": ["block_n", "block_k", "num_stages", "num_warps", "progs_per_sm"],
+        "entries": entries}, indent=1) + "\n")  # fmt: skip
+    return path
+
+
 ROWS_CONFIGS = {  # name -> (block_n, block_k, stages, warps)
     "qkv": (4, 512, 4, 2), "o": (4, 512, 4, 2), "gate_up": (8, 512, 4, 2), "down": (4, 512, 4, 2)}
 
@@ -178,11 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true",
                     help="first sweep the row GEMV's settings per shape; the chains then use the "
                          "best of each shape")  # fmt: skip
+    ap.add_argument("--write-table", action="store_true",
+                    help="with --sweep: write kernels/row_gemv_configs/<device>.json (each "
+                         "shape's best setting where it beats the layers' kernel)")  # fmt: skip
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     copy = copy_bandwidth(dev, 2**30, 10)["bytes_per_s"]
     swept = sweep(dev, sms, copy) if args.sweep else {}
+    if args.write_table and swept:
+        path = write_table(swept, torch.cuda.get_device_name(), argv)
+        print(f"table: {path}", flush=True)
     best = {name: r[0]["config"] for name, r in swept.items() if r and r[0]["config"] != "engine"}
     chain = make_chain(dev)
     layer_bytes = sum(n * k * 2 for _, n, k in SHAPES)

@@ -6,8 +6,9 @@ wave) each owns a contiguous strip of whole output rows (strips differ by at mos
 block), walks it in [BLOCK_N, BLOCK_K] tiles of one software-pipelined loop, row block after
 row block, accumulates the fp32 products elementwise and reduces them once per row block.
 
-Measured on an H200 (benchmarks/gemv_chain_probe.py --sweep, 32 launches on distinct weights,
-results/h200-2026-12-04-gemv-chain-sweep.json), microseconds against the bytes over the copy
+Measured on an H200 (benchmarks/gemv_chain_probe.py --sweep: 192 settings per shape, 32
+launches on distinct weights, results/h200-2026-12-04-gemv-chain-sweep.json; the best of each
+in row_gemv_configs/NVIDIA_H200.json), microseconds against the bytes over the copy
 bandwidth, and the layers' choice before (cuBLAS for qkv and gate_up, skinny_linear for o and
 down): qkv 13.96 / 11.77 (15.87), o 10.27 / 7.85 (11.21), gate_up 55.31 / 54.94 (56.00), down
 29.01 / 27.47 (29.98); a chain of 32 layers of the four, each input the previous output: 108.9
@@ -20,7 +21,10 @@ x's dtype, accumulated in fp32 and rounded once.
 from __future__ import annotations
 
 import functools
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import triton
@@ -49,16 +53,25 @@ class RowGemvConfig:
     progs_per_sm: int
 
 
-# The best of 192 settings per shape (block_n 2-16, block_k 256-1024, 3-4 stages, 1-4 warps,
-# 3-6 programs per SM), from the sweep named above: (device, N, K) -> config. Shapes and
-# devices not listed keep the layers' other kernels.
-MEASURED: dict[tuple[str, int, int], RowGemvConfig] = {
-    ("NVIDIA H200", 6144, 4096): RowGemvConfig(8, 512, 4, 4, 3),
-    ("NVIDIA H200", 4096, 4096): RowGemvConfig(4, 1024, 3, 1, 4),
-    ("NVIDIA H200", 28672, 4096): RowGemvConfig(4, 1024, 4, 2, 4),
-    ("NVIDIA H200", 4096, 14336): RowGemvConfig(8, 512, 3, 4, 4),
-}
 DEFAULT_CONFIG = RowGemvConfig(4, 512, 4, 2, 4)
+# Per GPU model, the best setting of each swept shape, where it beat the layers' kernel
+# (benchmarks/gemv_chain_probe.py --sweep --write-table). Shapes and devices not listed keep
+# the layers' other kernels.
+TABLE_DIR = Path(__file__).parent / "row_gemv_configs"
+
+
+def table_path(device_name: str) -> Path:
+    return TABLE_DIR / (re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
+
+
+@functools.lru_cache(maxsize=8)
+def load_row_table(device_name: str) -> dict[tuple[int, int], RowGemvConfig]:
+    """(N, K) -> setting, from the device's table; empty when the device was never swept."""
+    path = table_path(device_name)
+    if not path.exists():
+        return {}
+    entries = json.loads(path.read_text())["entries"]
+    return {(e["n"], e["k"]): RowGemvConfig(*e["config"]) for e in entries}
 
 
 @functools.lru_cache(maxsize=8)
@@ -67,7 +80,7 @@ def _cuda_name(index: int) -> str:
 
 
 def device_name(device: torch.device) -> str:
-    """MEASURED's key for a device: the CUDA device's name, else its type ("cpu")."""
+    """The table's name for a device: the CUDA device's name, else its type ("cpu")."""
     if device.type != "cuda":
         return device.type
     return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
@@ -75,7 +88,7 @@ def device_name(device: torch.device) -> str:
 
 def choose_row_config(n: int, k: int, device: torch.device) -> RowGemvConfig | None:
     """The measured setting for an [n, k] weight on this device, or None (not measured)."""
-    return MEASURED.get((device_name(device), n, k))
+    return load_row_table(device_name(device)).get((n, k))
 
 
 @triton.jit

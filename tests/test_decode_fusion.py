@@ -74,11 +74,10 @@ def test_auto_fuses_one_row_steps_where_the_row_kernel_was_measured(
     model = _core(tiny_models["llama"]).runner.model
     shapes = {tuple(m.weight.shape) for m in model.modules()
               if isinstance(m, ColumnParallelLinear | RowParallelLinear)}  # fmt: skip
-    for n, k in sorted(shapes)[:-1]:  # all but one shape measured: still off
-        monkeypatch.setitem(rg.MEASURED, ("cpu", n, k), rg.DEFAULT_CONFIG)
-    assert not _core(tiny_models["llama"]).runner.model.fused_decode
-    n, k = sorted(shapes)[-1]
-    monkeypatch.setitem(rg.MEASURED, ("cpu", n, k), rg.DEFAULT_CONFIG)
+    table = {shape: rg.DEFAULT_CONFIG for shape in sorted(shapes)[:-1]}
+    monkeypatch.setattr(rg, "load_row_table", lambda name: table if name == "cpu" else {})
+    assert not _core(tiny_models["llama"]).runner.model.fused_decode  # one shape unmeasured
+    table[sorted(shapes)[-1]] = rg.DEFAULT_CONFIG
     auto = _core(tiny_models["llama"]).runner.model
     assert auto.fused_decode and auto.fused_decode_max_rows == 1
     forced = _core(tiny_models["llama"], fuse_decode_layers=True).runner.model

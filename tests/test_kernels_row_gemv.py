@@ -3,6 +3,8 @@ float64 product, and the layers' dispatch to it."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,7 +80,8 @@ def test_layers_use_it_for_one_row_of_a_measured_shape(monkeypatch) -> None:
     want = F.linear(x, w, b)
     linear(x[:1], w, b, skinny=True)
     assert calls == []  # not measured on this device: the other kernels
-    monkeypatch.setitem(rg.MEASURED, ("cpu", 48, 32), RowGemvConfig(4, 16, 2, 1, 2))
+    table = {(48, 32): RowGemvConfig(4, 16, 2, 1, 2)}
+    monkeypatch.setattr(rg, "load_row_table", lambda name: table if name == "cpu" else {})
     torch.testing.assert_close(linear(x[:1], w, b, skinny=True), want[:1], atol=1e-4, rtol=1e-4)
     assert calls == [1]
     torch.testing.assert_close(linear(x[:1], w, b, skinny=False), want[:1])
@@ -86,9 +89,43 @@ def test_layers_use_it_for_one_row_of_a_measured_shape(monkeypatch) -> None:
     assert calls == [1]
 
 
+def test_tables(tmp_path, monkeypatch) -> None:
+    """The committed H200 table holds the four Llama-3.1-8B layer shapes; a device's table is
+    found by its name; devices never swept have none."""
+    h200 = rg.load_row_table("NVIDIA H200")
+    assert set(h200) == {(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)}
+    assert all(isinstance(c, RowGemvConfig) and c.progs_per_sm >= 1 for c in h200.values())
+    monkeypatch.setattr(rg, "TABLE_DIR", tmp_path)
+    rg.load_row_table.cache_clear()
+    try:
+        entries = [{"n": 64, "k": 128, "config": [4, 64, 2, 1, 3]}]
+        rg.table_path("Fake GPU 80GB").write_text(json.dumps({"entries": entries}))
+        assert rg.table_path("Fake GPU 80GB").name == "Fake_GPU_80GB.json"
+        assert rg.load_row_table("Fake GPU 80GB") == {(64, 128): RowGemvConfig(4, 64, 2, 1, 3)}
+        assert rg.load_row_table("Other GPU") == {}
+        assert rg.choose_row_config(64, 128, torch.device("cpu")) is None
+    finally:
+        rg.load_row_table.cache_clear()
+
+
+def test_probe_writes_the_table_the_kernel_reads(tmp_path, monkeypatch) -> None:
+    from raylight.benchmarks.gemv_chain_probe import write_table
+
+    monkeypatch.setattr(rg, "TABLE_DIR", tmp_path)
+    rg.load_row_table.cache_clear()
+    swept = {"qkv": [{"config": [8, 512, 4, 4, 3], "us": 13.9}, {"config": "engine", "us": 15.8}],
+             "o": [{"config": "engine", "us": 11.0}, {"config": [4, 1024, 3, 1, 4], "us": 11.2}]}
+    try:
+        write_table(swept, "Fake GPU", ["--sweep", "--write-table"])
+        # o: the layers' kernel was faster, so no entry
+        assert rg.load_row_table("Fake GPU") == {(6144, 4096): RowGemvConfig(8, 512, 4, 4, 3)}
+    finally:
+        rg.load_row_table.cache_clear()
+
+
 @pytest.mark.gpu
 def test_gpu_measured_shapes() -> None:
-    for (_, n, k), cfg in rg.MEASURED.items():
+    for (n, k), cfg in rg.load_row_table(rg.device_name(torch.device("cuda"))).items():
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
         b = torch.randn(n, device="cuda", dtype=torch.bfloat16)

@@ -170,7 +170,7 @@ def _skinny_builds() -> list[dict]:
 
 
 def _row_gemv_builds() -> list[dict]:
-    """The one-wave batch-1 linear kernel with each measured H200 setting (kernels/row_gemv.py),
+    """The one-wave batch-1 linear kernel with each H200 table setting (kernels/row_gemv.py),
     plain; the qkv setting with a bias and programmatic dependent launch; and the decode layer's
     fusions (fuse_decode_layers): qkv with the norm, o / down with the residual, gate_up with
     the norm and SiLU-and-mul (half the K step, as the launcher takes for gated weights)."""
@@ -184,7 +184,7 @@ def _row_gemv_builds() -> list[dict]:
         built = _compile(row_gemv._row_gemv_kernel, {}, consts, cfg.num_warps, cfg.num_stages)
         return {**built, "name": f"_row_gemv_{suffix}"}
 
-    configs = {f"{n}x{k}": c for (_, n, k), c in row_gemv.MEASURED.items()}
+    configs = {f"{n}x{k}": c for (n, k), c in row_gemv.load_row_table("NVIDIA H200").items()}
     return [build(c, name) for name, c in configs.items()] + [
         build(configs["6144x4096"], "bias_pdl", HAS_BIAS=True, USE_PDL=True),
         build(configs["6144x4096"], "fused_qkv_norm", NORM=True),
