@@ -32,16 +32,14 @@ import triton.language as tl
 
 from raylight.kernels._common import (
     FLOAT_DTYPES,
-    check_dim,
     check_last_dim_contiguous,
-    check_same_device,
     check_tensor,
     pdl_enabled,
     pdl_launch_options,
 )
 from raylight.kernels._common_jit import pdl_release, pdl_wait
 from raylight.kernels.attention_checks import num_sms
-from raylight.kernels.skinny_linear import skinny_linear_ref
+from raylight.kernels.skinny_linear import check_fused_linear_args, skinny_linear_ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,29 +201,8 @@ def row_gemv(
     check_last_dim_contiguous("weight", weight)
     if x.shape[0] != 1:
         raise ValueError(f"x: expected one row [1, K], got shape {tuple(x.shape)}")
-    rows, k = weight.shape
-    check_dim("weight", weight, 1, x.shape[1], "K, the input features")
-    if gated and rows % 2:
-        raise ValueError(f"weight: gated needs an even number of rows (gate | up), got {rows}")
-    n = rows // 2 if gated else rows
-    tensors = {"x": x, "weight": weight}
-    if bias is not None:
-        check_tensor("bias", bias, 1, (x.dtype,), "[N]")
-        check_dim("bias", bias, 0, rows, "the weight's rows")
-        tensors["bias"] = bias
-    if norm_weight is not None:
-        check_tensor("norm_weight", norm_weight, 1, (x.dtype,), "[K]")
-        check_dim("norm_weight", norm_weight, 0, k, "K, the input features")
-        check_last_dim_contiguous("norm_weight", norm_weight)
-        tensors["norm_weight"] = norm_weight
-    for name, t in (("residual", residual), ("out", out)):
-        if t is not None:
-            check_tensor(name, t, 2, (x.dtype,), "[1, N]")
-            if tuple(t.shape) != (1, n):
-                raise ValueError(f"{name}: expected shape {(1, n)}, got {tuple(t.shape)}")
-            check_last_dim_contiguous(name, t)
-            tensors[name] = t
-    check_same_device(**tensors)
+    k = weight.shape[1]
+    n = check_fused_linear_args(x, weight, bias, norm_weight, gated, residual, out)
     y = torch.empty((1, n), dtype=x.dtype, device=x.device) if out is None else out
     if n == 0:
         return y

@@ -197,6 +197,44 @@ def _skinny_linear_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
+def check_fused_linear_args(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    gated: bool,
+    residual: torch.Tensor | None,
+    out: torch.Tensor | None,
+) -> int:
+    """Checks a small-batch linear call's arguments past x and weight's own (as skinny_linear
+    and kernels/row_gemv.py take them); returns N, the outputs per row."""
+    m, k = x.shape
+    rows = weight.shape[0]
+    check_dim("weight", weight, 1, k, "K, the input features")
+    if gated and rows % 2:
+        raise ValueError(f"weight: gated needs an even number of rows (gate | up), got {rows}")
+    n = rows // 2 if gated else rows
+    tensors = {"x": x, "weight": weight}
+    if bias is not None:
+        check_tensor("bias", bias, 1, (x.dtype,), "[N]")
+        check_dim("bias", bias, 0, rows, "the weight's rows")
+        tensors["bias"] = bias
+    if norm_weight is not None:
+        check_tensor("norm_weight", norm_weight, 1, (x.dtype,), "[K]")
+        check_dim("norm_weight", norm_weight, 0, k, "K, the input features")
+        check_last_dim_contiguous("norm_weight", norm_weight)
+        tensors["norm_weight"] = norm_weight
+    for name, t in (("residual", residual), ("out", out)):
+        if t is not None:
+            check_tensor(name, t, 2, (x.dtype,), "[M, N]")
+            if tuple(t.shape) != (m, n):
+                raise ValueError(f"{name}: expected shape {(m, n)}, got {tuple(t.shape)}")
+            check_last_dim_contiguous(name, t)
+            tensors[name] = t
+    check_same_device(**tensors)
+    return n
+
+
 def skinny_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -225,30 +263,9 @@ def skinny_linear(
         raise ValueError(f"weight: must be contiguous [N, K], got strides {weight.stride()}")
     m, k = x.shape
     rows = weight.shape[0]
-    check_dim("weight", weight, 1, k, "K, the input features")
     if m > MAX_ROWS:
         raise ValueError(f"x: at most {MAX_ROWS} rows (use F.linear above that), got {m}")
-    if gated and rows % 2:
-        raise ValueError(f"weight: gated needs an even number of rows (gate | up), got {rows}")
-    n = rows // 2 if gated else rows
-    tensors = {"x": x, "weight": weight}
-    if bias is not None:
-        check_tensor("bias", bias, 1, (x.dtype,), "[N]")
-        check_dim("bias", bias, 0, rows, "the weight's rows")
-        tensors["bias"] = bias
-    if norm_weight is not None:
-        check_tensor("norm_weight", norm_weight, 1, (x.dtype,), "[K]")
-        check_dim("norm_weight", norm_weight, 0, k, "K, the input features")
-        check_last_dim_contiguous("norm_weight", norm_weight)
-        tensors["norm_weight"] = norm_weight
-    for name, t in (("residual", residual), ("out", out)):
-        if t is not None:
-            check_tensor(name, t, 2, (x.dtype,), "[M, N]")
-            if tuple(t.shape) != (m, n):
-                raise ValueError(f"{name}: expected shape {(m, n)}, got {tuple(t.shape)}")
-            check_last_dim_contiguous(name, t)
-            tensors[name] = t
-    check_same_device(**tensors)
+    n = check_fused_linear_args(x, weight, bias, norm_weight, gated, residual, out)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device) if out is None else out
     if m == 0 or n == 0:
         return y
