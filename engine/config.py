@@ -57,8 +57,8 @@ class EngineOptions:
     # one-row steps, where every projection has a measured setting of the one-row kernel
     # (kernels/row_gemv.py; the Llama-3.1-8B shapes on an H200: batch-1 TPOT 4.241 vs 4.396 ms
     # unfused, benchmarks/results/h200-2026-12-04-latency-auto-fused.json, ...-unfused.json).
-    # True: steps of up to 8 rows (slower with the 2-8 row kernels: 21 ms per step at batch 8 on the H200,
-    # h200-2026-12-02-split-profile-decode-fused.json). False: never.
+    # True: steps of up to 8 rows (slower with the 2-8 row kernels: 21 ms per step at batch 8
+    # on the H200, h200-2026-12-02-split-profile-decode-fused.json). False: never.
     fuse_decode_layers: bool | None = None
     # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
