@@ -125,7 +125,9 @@ def test_probe_writes_the_table_the_kernel_reads(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.gpu
 def test_gpu_measured_shapes() -> None:
-    for (n, k), cfg in rg.load_row_table(rg.device_name(torch.device("cuda"))).items():
+    table = rg.load_row_table(rg.device_name(torch.device("cuda")))
+    llama = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+    for (n, k), cfg in (table or {shape: rg.DEFAULT_CONFIG for shape in llama}).items():
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
         b = torch.randn(n, device="cuda", dtype=torch.bfloat16)
