@@ -13,9 +13,17 @@ from torch import nn
 
 from raylight.engine.errors import ModelDirectoryError
 from raylight.engine.parallel import TPGroup
-from raylight.kernels.row_gemv import choose_row_config, row_gemv
+from raylight.kernels.row_gemv import RowGemvConfig, choose_row_config, row_gemv
 from raylight.kernels.skinny_linear import MAX_ROWS, skinny_linear
 from raylight.kernels.skinny_linear_table import choose_config
+
+
+def _row_config(x: torch.Tensor, weight: torch.Tensor) -> RowGemvConfig | None:
+    """The one-row kernel's measured setting for x W^T, if x is one contiguous row and the
+    weight's shape was measured on this device."""
+    if x.dim() != 2 or x.shape[0] != 1 or x.stride(-1) != 1 or weight.stride(-1) != 1:
+        return None
+    return choose_row_config(weight.shape[0], weight.shape[1], x.device)
 
 
 def linear(
@@ -28,10 +36,9 @@ def linear(
     """F.linear, or with `skinny` the Triton small-batch kernels where their sweeps say they win
     (launched with programmatic dependent launch if `pdl`): for one row the one-wave kernel
     (kernels/row_gemv.py) where it was measured, else the skinny kernel or cuBLAS."""
-    if skinny and x.dim() == 2 and x.shape[0] == 1 and x.stride(-1) == 1:
-        row_config = choose_row_config(weight.shape[0], weight.shape[1], x.device)
-        if row_config is not None and weight.stride(-1) == 1:
-            return row_gemv(x, weight, bias, row_config, pdl=pdl)
+    row_config = _row_config(x, weight) if skinny else None
+    if row_config is not None:
+        return row_gemv(x, weight, bias, row_config, pdl=pdl)
     if skinny and x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.stride(-1) == 1:
         # With PDL the kernel is preferred where it was swept: cuBLAS would break the chain.
         config = choose_config(x.shape[0], weight.shape[0], weight.shape[1], prefer_kernel=pdl)
@@ -57,11 +64,10 @@ def fused_linear(
     measured for kernels/row_gemv.py takes that kernel, with the same fusions."""
     norm_weight = None if norm is None else norm.weight
     eps = 1e-6 if norm is None else norm.eps
-    if x.shape[0] == 1 and weight.stride(-1) == 1:
-        row_config = choose_row_config(weight.shape[0], weight.shape[1], x.device)
-        if row_config is not None:
-            return row_gemv(x, weight, bias, row_config, pdl, norm_weight=norm_weight, eps=eps,
-                            gated=gated, residual=residual, out=residual)  # fmt: skip
+    row_config = _row_config(x, weight)
+    if row_config is not None:
+        return row_gemv(x, weight, bias, row_config, pdl, norm_weight=norm_weight, eps=eps,
+                        gated=gated, residual=residual, out=residual)  # fmt: skip
     config = choose_config(x.shape[0], weight.shape[0], weight.shape[1], fused=True)
     return skinny_linear(x, weight, bias, config, pdl, norm_weight=norm_weight, eps=eps,
                          gated=gated, residual=residual, out=residual)  # fmt: skip
