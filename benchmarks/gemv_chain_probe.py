@@ -4,15 +4,18 @@ Each variant is a graph of 32 "layers" of the Llama-3.1-8B decode linear shapes 
 gate_up, down: 128 launches, distinct weights, each one's input the previous one's output), timed
 over replays; per layer against the bytes it must read over the copy bandwidth of the same run.
 - empty_1 / empty_528: 128 empty launches of 1 or 528 programs (the graph's launch floor);
-- engine / engine_pdl: the engine's linear layers (engine/layers/linear.py: the swept skinny kernel
-  or cuBLAS), without and with its programmatic dependent launch;
-- rows_P (_pdl1, _pdl2): a GEMV whose programs each own a contiguous strip of output
-  rows (one wave: a fixed grid of P programs per SM, strips balanced to one row block), fp32
-  products accumulated elementwise and reduced once per row block; `_pdl1` / `_pdl2`:
-  programmatic dependent launch, the next launch released at the start (one wave: its programs
-  only take free slots) or after the loop, and waited on before the first read of x;
-  rows_best_*: each shape's best setting from --sweep, `_l2N`: each program also asks L2 for
-  the first N x 2 KB of its strip before waiting.
+- engine / engine_pdl: the engine's linear layers (engine/layers/linear.py: the one-row kernel
+  where the device's table has the shape, else the skinny kernel or cuBLAS), without and with
+  programmatic dependent launch;
+- rows_P: kernels/row_gemv.py with its default tiles and P programs per SM; rows_best /
+  rows_best_pdl: each shape's best setting from --sweep, without and with PDL.
+--sweep times 192 settings of kernels/row_gemv.py per shape against the engine's layer;
+--write-table writes the winners to kernels/row_gemv_configs/<device>.json.
+
+The first runs (results/h200-2026-12-04-gemv-chain-*.json, commit f3ef8f6) timed this
+benchmark's own copy of the kernel's loop (no masks, otherwise the same), and two variants
+measured and dropped there: releasing the next launch at the start of the one-wave kernel
+(148.7 us a layer) and an L2 prefetch of each strip's first bytes before waiting (119-134 us).
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.gemv_chain_probe [--out FILE] [--sweep
         [--write-table]]
@@ -21,17 +24,17 @@ over replays; per layer against the bytes it must read over the copy bandwidth o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 
 from raylight.benchmarks.gpu_bench_device import copy_bandwidth, median_ms, versions
 from raylight.engine.layers.linear import linear
-from raylight.kernels.row_gemv import table_path
+from raylight.kernels.row_gemv import DEFAULT_CONFIG, RowGemvConfig, row_gemv, table_path
 
 SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
 LAYERS = 32
@@ -42,79 +45,18 @@ def _empty(x_ptr):
     pass
 
 
-@triton.jit
-def _gemv_rows(x_ptr, w_ptr, w_bytes_ptr, y_ptr, N, K, stride_wn,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-               PDL: tl.constexpr, L2_LANES: tl.constexpr, L2_CHUNK: tl.constexpr):  # fmt: skip
-    """y[n] = sum_k W[n, k] x[k] (M = 1); N % BLOCK_N == 0 and K % BLOCK_K == 0. PDL: 0 off,
-    1 release the next launch at the start, 2 after the loop."""
-    pid = tl.program_id(0)
-    progs = tl.num_programs(0)
-    blocks = N // BLOCK_N
-    b0 = pid * blocks // progs
-    b1 = (pid + 1) * blocks // progs
-    if PDL == 1:
-        tl.extra.cuda.gdc_launch_dependents()
-    rn = tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    strip = w_ptr + (b0 * BLOCK_N).to(tl.int64) * stride_wn
-    if L2_LANES > 0:  # bulk L2 prefetch of the strip's first L2_LANES * L2_CHUNK bytes
-        lane = tl.arange(0, L2_LANES).to(tl.int64)
-        strip_bytes = ((b1 - b0) * BLOCK_N).to(tl.int64) * stride_wn * 2
-        start = lane * L2_CHUNK
-        size = (tl.minimum(strip_bytes - start, L2_CHUNK) // 16 * 16).to(tl.int32)
-        strip_at = (b0 * BLOCK_N).to(tl.int64) * stride_wn * 2
-        ptrs = w_bytes_ptr + strip_at + tl.where(size > 0, start, 0)
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; "
-            "mov.u32 $0, 0; }",
-            "=r,l,r", [ptrs, size], dtype=tl.int32, is_pure=False, pack=1,
-        )  # fmt: skip
-    if PDL > 0:
-        tl.extra.cuda.gdc_wait()
-    k_steps = K // BLOCK_K
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for i in tl.range(0, (b1 - b0) * k_steps, num_stages=STAGES):
-        blk = i // k_steps
-        kt = i - blk * k_steps
-        w = tl.load(strip + (blk * BLOCK_N + rn)[:, None] * stride_wn + kt * BLOCK_K + rk[None, :])
-        x = tl.load(x_ptr + kt * BLOCK_K + rk)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-        if kt == k_steps - 1:
-            out = tl.sum(acc, axis=1)
-            tl.store(y_ptr + (b0 + blk) * BLOCK_N + rn, out.to(y_ptr.dtype.element_ty))
-            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    if PDL == 2:
-        tl.extra.cuda.gdc_launch_dependents()
-
-
-def gemv_rows(x, w, y, progs, block_n, block_k, stages, warps, pdl, l2_lanes=0, l2_chunk=2048):
-    n, k = w.shape
-    _gemv_rows[(progs,)](x, w, w.view(torch.uint8), y, n, k, w.stride(0), BLOCK_N=block_n,
-                         BLOCK_K=block_k, STAGES=stages, PDL=pdl, L2_LANES=l2_lanes,
-                         L2_CHUNK=l2_chunk,
-                         num_warps=warps, **({"launch_pdl": True} if pdl else {}))  # fmt: skip
-
-
 SWEEP = [(bn, bk, st, wp) for bn in (2, 4, 8, 16) for bk in (256, 512, 1024) for st in (3, 4)
          for wp in (1, 2, 4) if bn * bk // (32 * wp) <= 128]  # fp32 accumulators per thread
 SWEEP_PROGS = (3, 4, 6)
 
 
-def make_chain(device):
-    """Per layer and shape: (name, weight, input, output); each input is a view of the output
-    before it, so each launch depends on the one before."""
-    layers = []
+def make_chain(device) -> tuple[torch.Tensor, list[list[tuple[str, torch.Tensor]]]]:
+    """The first input and, per layer, (shape name, weight); each launch of a chain takes the
+    previous output (a view of its first K columns), so it depends on the one before."""
     x = torch.randn(1, 4096, device=device, dtype=torch.bfloat16)
-    for _ in range(LAYERS):
-        row = []
-        for name, n, k in SHAPES:
-            w = torch.randn(n, k, device=device, dtype=torch.bfloat16) / k**0.5
-            y = torch.empty(1, n, device=device, dtype=torch.bfloat16)
-            row.append((name, w, x[:, :k], y))
-            x = y
-        layers.append(row)
-    return layers
+    layers = [[(name, torch.randn(n, k, device=device, dtype=torch.bfloat16) / k**0.5)
+               for name, n, k in SHAPES] for _ in range(LAYERS)]  # fmt: skip
+    return x, layers
 
 
 def time_graph(fn) -> float:
@@ -131,21 +73,19 @@ def _time_each(fn, ws: list[torch.Tensor]) -> float:
     return time_graph(lambda: [fn(w) for w in ws]) * 1e3 / len(ws)
 
 
-def sweep_shape(dev, sms: int, n: int, k: int) -> list[dict]:
-    """Every (config, programs per SM) of the row GEMV on an [n, k] weight, and the engine's
+def sweep_shape(dev, n: int, k: int) -> list[dict]:
+    """Every (config, programs per SM) of kernels/row_gemv.py on an [n, k] weight, and the engine's
     linear layer, each timed over 32 launches on distinct weights (stream order serializes
     them as dependent launches would be); fastest first."""
     ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
     x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
-    y = torch.empty(1, n, device=dev, dtype=torch.bfloat16)
     rows = [{"config": "engine", "us": _time_each(lambda w: linear(x, w, None, True, False), ws)}]
     for bn, bk, st, wp in SWEEP:
-        if n % bn or k % bk:
-            continue
         for per_sm in SWEEP_PROGS:
             cfg = [bn, bk, st, wp, per_sm]
+            config = RowGemvConfig(*cfg)
             try:
-                us = _time_each(lambda w, c=cfg: gemv_rows(x, w, y, c[4] * sms, *c[:4], 0), ws)
+                us = _time_each(lambda w, c=config: row_gemv(x, w, None, c), ws)
             except Exception as e:  # noqa: BLE001 - e.g. out of shared memory
                 rows.append({"config": cfg, "error": repr(e)[:200]})
                 continue
@@ -153,11 +93,11 @@ def sweep_shape(dev, sms: int, n: int, k: int) -> list[dict]:
     return sorted((r for r in rows if "us" in r), key=lambda r: r["us"])
 
 
-def sweep(dev, sms: int, copy: float) -> dict[str, list[dict]]:
+def sweep(dev, copy: float) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for name, n, k in SHAPES:
         floor = n * k * 2 / copy * 1e6
-        rows = sweep_shape(dev, sms, n, k)
+        rows = sweep_shape(dev, n, k)
         for r in rows:
             r["us"] = round(r["us"], 3)
             r["over_bytes_us"] = round(r["us"] - floor, 3)
@@ -191,14 +131,11 @@ def write_table(swept: dict[str, list[dict]], device: str, argv: list[str] | Non
     return path
 
 
-ROWS_CONFIGS = {  # name -> (block_n, block_k, stages, warps)
-    "qkv": (4, 512, 4, 2), "o": (4, 512, 4, 2), "gate_up": (8, 512, 4, 2), "down": (4, 512, 4, 2)}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--progs-per-sm", type=int, nargs="*", default=[2, 4, 8])
+    ap.add_argument("--progs-per-sm", type=int, nargs="*", default=[2, 4, 8],
+                    help="programs per SM of the rows_P variants (default tiles)")
     ap.add_argument("--sweep", action="store_true",
                     help="first sweep the row GEMV's settings per shape; the chains then use the "
                          "best of each shape")  # fmt: skip
@@ -209,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     copy = copy_bandwidth(dev, 2**30, 10)["bytes_per_s"]
-    swept = sweep(dev, sms, copy) if args.sweep else {}
+    swept = sweep(dev, copy) if args.sweep else {}
     if args.write_table and swept:
         path = write_table(swept, torch.cuda.get_device_name(), argv)
         print(f"table: {path}", flush=True)
     best = {name: r[0]["config"] for name, r in swept.items() if r and r[0]["config"] != "engine"}
-    chain = make_chain(dev)
+    x0, chain = make_chain(dev)
     layer_bytes = sum(n * k * 2 for _, n, k in SHAPES)
     floor_us = layer_bytes / copy * 1e6
     results: dict[str, dict] = {}
@@ -233,35 +170,35 @@ def main(argv: list[str] | None = None) -> int:
     for pdl in (False, True):
 
         def engine(pdl=pdl) -> None:
-            x = chain[0][0][2]
+            x = x0
             for row in chain:
-                for _, w, _, _ in row:
+                for _, w in row:
                     x = linear(x[:, : w.shape[1]], w, None, True, pdl)
 
         record("engine_pdl" if pdl else "engine", time_graph(engine))
 
-    variants = [
-        (f"rows_{p}" + (f"_pdl{pdl}" if pdl else ""),
-         {shape: (*ROWS_CONFIGS[shape], p) for shape in ROWS_CONFIGS}, pdl, 0)
-        for p in args.progs_per_sm for pdl in (0, 1, 2)
-    ]  # fmt: skip
+    default = {shape: DEFAULT_CONFIG for shape, _, _ in SHAPES}
+    variants = [(f"rows_{p}", {s: dataclasses.replace(c, progs_per_sm=p) for s, c in
+                               default.items()}, False) for p in args.progs_per_sm]  # fmt: skip
     if best:
-        variants += [(f"rows_best_pdl{pdl}_l2{lanes}", best, pdl, lanes)
-                     for pdl, lanes in ((0, 0), (2, 0), (2, 16), (2, 64))]  # fmt: skip
-    for name, configs, pdl, lanes in variants:
+        tables = {shape: RowGemvConfig(*cfg) for shape, cfg in best.items()}
+        variants += [("rows_best", tables, False), ("rows_best_pdl", tables, True)]
+    for name, configs, pdl in variants:
 
-        def rows(configs=configs, pdl=pdl, lanes=lanes) -> None:
+        def rows(configs=configs, pdl=pdl) -> torch.Tensor:
+            x = x0
             for row in chain:
-                for shape, w, x, y in row:
-                    bn, bk, st, wp, per_sm = configs[shape]
-                    gemv_rows(x, w, y, per_sm * sms, bn, bk, st, wp, pdl, lanes)
+                for shape, w in row:
+                    x = row_gemv(x[:, : w.shape[1]], w, None, configs.get(shape, DEFAULT_CONFIG),
+                                 pdl)  # fmt: skip
+            return x
 
         try:
-            rows()
-            torch.cuda.synchronize()
-            _, w, x, y = chain[0][2]
-            err = (y.float() - x.float() @ w.float().T).abs().max().item()
-            record(name, time_graph(rows), max_abs_err=err, configs=configs)
+            w = chain[0][0][1]
+            got = row_gemv(x0, w, None, configs.get("qkv", DEFAULT_CONFIG))
+            err = got.float() - x0.float() @ w.float().T
+            record(name, time_graph(rows), max_abs_err=err.abs().max().item(),
+                   configs={k: dataclasses.astuple(v) for k, v in configs.items()})  # fmt: skip
         except Exception as e:  # noqa: BLE001 - a variant that fails to build is a result
             results[name] = {"error": repr(e)[:500]}
             print(f"{name}: FAILED {e!r}"[:300], flush=True)
@@ -270,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
               "versions": versions(), "command": [sys.executable, "-m",
               "raylight.benchmarks.gemv_chain_probe", *(argv or sys.argv[1:])],
               "copy_bytes_per_s": copy, "layer_bytes": layer_bytes, "floor_us_per_layer": floor_us,
-              "rows_configs": ROWS_CONFIGS, "results": results, "sweep": swept}  # fmt: skip
+              "results": results, "sweep": swept}  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

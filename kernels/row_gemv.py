@@ -7,12 +7,14 @@ block), walks it in [BLOCK_N, BLOCK_K] tiles of one software-pipelined loop, row
 row block, accumulates the fp32 products elementwise and reduces them once per row block.
 
 Measured on an H200 (benchmarks/gemv_chain_probe.py --sweep: 192 settings per shape, 32
-launches on distinct weights, results/h200-2026-12-04-gemv-chain-sweep.json; the best of each
-in row_gemv_configs/NVIDIA_H200.json), microseconds against the bytes over the copy
-bandwidth, and the layers' choice before (cuBLAS for qkv and gate_up, skinny_linear for o and
-down): qkv 13.96 / 11.77 (15.87), o 10.27 / 7.85 (11.21), gate_up 55.31 / 54.94 (56.00), down
-29.01 / 27.47 (29.98); a chain of 32 layers of the four, each input the previous output: 108.9
-us a layer against 114.1, and 107.9 with programmatic dependent launch.
+launches on distinct weights, results/h200-2026-12-04-gemv-chain-sweep.json; that run timed the
+probe's own copy of this loop, without the masks; the best of each shape is in
+row_gemv_configs/NVIDIA_H200.json), microseconds against the bytes over the copy bandwidth, and
+the layers' choice before (cuBLAS for qkv and gate_up, skinny_linear for o and down): qkv 13.96
+/ 11.77 (15.87), o 10.27 / 7.85 (11.21), gate_up 55.31 / 54.94 (56.00), down 29.01 / 27.47
+(29.98); a chain of 32 layers of the four, each input the previous output: 108.9 us a layer
+against 114.1. This kernel in the engine's batch-1 step (benchmarks/decode_variants.py): 4.094
+ms against 4.327 without it (results/h200-2026-12-04-decode-variants-row-gemv.json).
 
 Layout: x [1, K] (last dim contiguous), W [N, K] with a contiguous last dim, b [N]; y [1, N] in
 x's dtype, accumulated in fp32 and rounded once.
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from raylight.kernels._common import (
 from raylight.kernels._common_jit import pdl_release, pdl_wait
 from raylight.kernels.attention_checks import num_sms
 from raylight.kernels.skinny_linear import check_fused_linear_args, skinny_linear_ref
+from raylight.kernels.skinny_linear_table import table_file_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ TABLE_DIR = Path(__file__).parent / "row_gemv_configs"
 
 
 def table_path(device_name: str) -> Path:
-    return TABLE_DIR / (re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
+    return TABLE_DIR / table_file_name(device_name)
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,8 +26,13 @@ DEFAULT_CONFIG = SkinnyConfig(use_dot=False, block_n=16, block_k=512, num_warps=
 TABLE_DIR = Path(__file__).parent / "skinny_linear_configs"
 
 
+def table_file_name(device_name: str) -> str:
+    """A device's table file name: "NVIDIA H200" -> "NVIDIA_H200.json"."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json"
+
+
 def table_path(device_name: str) -> Path:
-    return TABLE_DIR / (re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
+    return TABLE_DIR / table_file_name(device_name)
 
 
 TableRows = list[tuple[int, SkinnyConfig | None, SkinnyConfig | None, SkinnyConfig | None]]

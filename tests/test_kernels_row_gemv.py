@@ -123,6 +123,32 @@ def test_probe_writes_the_table_the_kernel_reads(tmp_path, monkeypatch) -> None:
         rg.load_row_table.cache_clear()
 
 
+def test_probe_sweep_times_the_shipped_kernel(monkeypatch) -> None:
+    """gemv_chain_probe's sweep on the CPU with a stand-in timer (its CUDA graphs need a GPU):
+    every setting is a call of kernels/row_gemv.py, and the engine's layer is timed beside."""
+    import raylight.benchmarks.gemv_chain_probe as probe
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[3])
+        return row_gemv(*args, **kwargs)
+
+    def run_once(fn) -> float:
+        fn()
+        return 1.0
+
+    monkeypatch.setattr(probe, "row_gemv", counting)
+    monkeypatch.setattr(probe, "time_graph", run_once)
+    monkeypatch.setattr(probe, "LAYERS", 2)
+    monkeypatch.setattr(probe, "SWEEP", [(4, 64, 2, 1), (8, 32, 1, 1)])
+    monkeypatch.setattr(probe, "SWEEP_PROGS", (1, 2))
+    rows = probe.sweep_shape(torch.device("cpu"), 16, 128)
+    assert sorted(str(r["config"]) for r in rows) == sorted(
+        ["engine", "[4, 64, 2, 1, 1]", "[4, 64, 2, 1, 2]", "[8, 32, 1, 1, 1]", "[8, 32, 1, 1, 2]"])
+    assert len(calls) == 4 * 2 and all(isinstance(c, RowGemvConfig) for c in calls)
+
+
 @pytest.mark.gpu
 def test_gpu_measured_shapes() -> None:
     table = rg.load_row_table(rg.device_name(torch.device("cuda")))

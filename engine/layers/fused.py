@@ -22,7 +22,8 @@ _LINEAR = (ColumnParallelLinear, RowParallelLinear, ParallelLMHead)
 def row_kernel_measured(model: nn.Module) -> bool:
     """Whether every linear layer of `model` but the LM head has a measured setting of the
     one-row kernel (kernels/row_gemv.py) on the device its weight sits on."""
-    weights = [m.weight for m in model.modules() if isinstance(m, _LINEAR[:2])]
+    projections = (ColumnParallelLinear, RowParallelLinear)
+    weights = [m.weight for m in model.modules() if isinstance(m, projections)]
     return bool(weights) and all(
         choose_row_config(w.shape[0], w.shape[1], w.device) is not None for w in weights
     )
