@@ -5,7 +5,8 @@ The step is the decode graph's body (engine/cuda_graphs.py: ReqToToken write, em
 layers, the final norm), captured afresh for each variant and replayed with the static inputs
 of a real request decoding after a 1024-token prompt. Variants:
 - kernel choices: fused decode layers, PDL (engine options), decode-attention split counts,
-  RMSNorm warps, the one-row linears without kernels/row_gemv.py (no_row_gemv);
+  RMSNorm warps, the one-row linears without kernels/row_gemv.py (no_row_gemv), attention as
+  three launches instead of kernels/decode_rope_attention.py's one (unfused_attention);
 - ablations that drop one kind of work from the chain (attention with its rotary and KV store,
   the norms, SiLU-and-mul) to show what it costs in place, launch gaps included. An ablated
   step computes garbage by design; only its time is used.
@@ -99,9 +100,12 @@ def variant(name: str, runner) -> Iterator[object]:
             stack.enter_context(_set(rmsnorm, "MAX_WARPS", int(name.removeprefix("norm_warps_"))))
         elif name == "no_row_gemv":  # the one-row linears as before kernels/row_gemv.py
             stack.enter_context(_set(linear_mod, "choose_row_config", lambda *args: None))
+        elif name == "unfused_attention":  # rope_kv_store + two decode stages, as before
+            stack.enter_context(_set(backend, "fuse_decode_rope", False))
         elif name == "pdl":
             use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers)
-            backend = make_attention_backend(c.attention_backend, pdl=True)
+            backend = make_attention_backend(c.attention_backend, pdl=True,
+                                             fuse_decode_rope=c.fuse_decode_attention)
         else:
             drops = {"no_attention": ["attention"], "no_norms": ["norms"], "no_silu": ["silu"],
                      "linears_only": ["attention", "norms", "silu"]}  # fmt: skip

@@ -60,6 +60,10 @@ class EngineOptions:
     # True: steps of up to 8 rows (slower with the 2-8 row kernels: 21 ms per step at batch 8
     # on the H200, h200-2026-12-02-split-profile-decode-fused.json). False: never.
     fuse_decode_layers: bool | None = None
+    # Decode-only steps run rotary, the KV store and the merge of the attention splits inside
+    # the decode attention kernel (kernels/decode_rope_attention.py): one launch per layer
+    # instead of three. Takes effect with fused_kernels and the Triton attention backend.
+    fuse_decode_attention: bool = True
     # Run every step eagerly: no CUDA graphs (decode or prefill).
     enforce_eager: bool = False
     # Largest decode batch replayed from a CUDA graph; larger decode batches run eagerly.
@@ -105,6 +109,7 @@ class EngineConfig:
     skinny_linear: bool = False
     pdl: bool = False  # only on CUDA
     fuse_decode_layers: bool | None = None  # None: "auto" (EngineOptions)
+    fuse_decode_attention: bool = False
     # Graphs are captured only on CUDA, with a backend that supports them, and at TP=1.
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
@@ -182,6 +187,7 @@ def resolve_engine_config(
         ),
         pdl=options.pdl and _supports_pdl(device),
         fuse_decode_layers=options.fuse_decode_layers,
+        fuse_decode_attention=options.fuse_decode_attention,
         enforce_eager=options.enforce_eager,
         cuda_graph_max_batch=options.cuda_graph_max_batch,
         prefill_graph_max_tokens=options.prefill_graph_max_tokens,

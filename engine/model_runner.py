@@ -93,7 +93,8 @@ class ModelRunner:
         use_fused_kernels(model, config.fused_kernels, config.skinny_linear, config.pdl,
                           config.fuse_decode_layers)  # fmt: skip
         self.model = model.eval()
-        self.backend = make_attention_backend(config.attention_backend, pdl=config.pdl)
+        self.backend = make_attention_backend(config.attention_backend, pdl=config.pdl,
+                                              fuse_decode_rope=config.fuse_decode_attention)
         graph_batch = self._graph_max_batch(tp)
         prefill_tokens = min(config.prefill_graph_max_tokens, sched.max_num_batched_tokens)
         prefill_tokens = prefill_tokens if graph_batch > 0 else 0

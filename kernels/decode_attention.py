@@ -42,6 +42,89 @@ def _e4m3_to_fp16_over_256(bits):
 
 
 @triton.jit
+def _attend_split(
+    q, k_ptr, v_ptr, r2t_ptr, row, kv_head, start, end,
+    stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t, qk_scale, head_dim,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    V_PAIRS: tl.constexpr, PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr,
+):  # fmt: skip
+    """Online softmax of q [BLOCK_G, BLOCK_D] (in its dot dtype) over positions [start, end) of
+    ReqToToken row `row`, KV head `kv_head`. Returns (m, l, acc_a, acc_b): the running max and
+    sum (log2 domain) [BLOCK_G], and the unnormalised output, as one [BLOCK_G, BLOCK_D] tile in
+    acc_a (acc_b a dummy) or with V_PAIRS as the even / odd head dims [BLOCK_G, BLOCK_D // 2]."""
+    d = tl.arange(0, BLOCK_D)
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    if V_PAIRS:  # v_ptr is int16: element j holds head dims 2j and 2j + 1
+        j = tl.arange(0, BLOCK_D // 2)
+        acc_a = tl.zeros([BLOCK_G, BLOCK_D // 2], tl.float32)  # head dims 2j
+        acc_b = tl.zeros([BLOCK_G, BLOCK_D // 2], tl.float32)  # head dims 2j + 1
+    else:
+        acc_a = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+        acc_b = tl.zeros([1, 1], tl.float32)
+    n = tl.arange(0, BLOCK_N)
+    for pos0 in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
+        pos = pos0 + n
+        pos_ok = pos < end
+        slot = tl.load(r2t_ptr + row * stride_r2t + pos, mask=pos_ok, other=0).to(tl.int64)
+        # A runtime head_dim mask along the contiguous dim would stop cp.async pipelining.
+        if EVEN_D:
+            kv_mask = pos_ok[:, None]
+        else:
+            kv_mask = pos_ok[:, None] & (d[None, :] < head_dim)
+        k = tl.load(k_ptr + slot[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
+                    mask=kv_mask, other=0.0)  # fmt: skip
+        if not V_PAIRS:  # (the pairs path loads V after the softmax, below)
+            v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
+                        mask=kv_mask, other=0.0).to(q.dtype)  # fmt: skip
+        k = k.to(q.dtype)  # from an FP8 pool; a no-op when the pool has q's dtype
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
+        # scale * log2(e) is folded into qk_scale, so the softmax uses exp2.
+        s = tl.where(pos_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if V_PAIRS:  # see DecodeTiles.fp8_v_pairs
+            v_rows = v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh
+            pairs = tl.load(v_rows + j[None, :], mask=pos_ok[:, None], other=0)
+            pairs = pairs.to(tl.uint16, bitcast=True)  # [BLOCK_N, BLOCK_D // 2]
+            p16 = p.to(tl.float16)
+            acc_a = acc_a * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs))
+            acc_b = acc_b * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs >> 8))
+        else:
+            acc_a = acc_a * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return m_i, l_i, acc_a, acc_b
+
+
+@triton.jit
+def _store_split(
+    out_ptr, row_stride, lse_ptr, rows, head_ok, m_i, l_i, acc_a, acc_b,
+    BLOCK_D: tl.constexpr, V_PAIRS: tl.constexpr,
+):  # fmt: skip
+    """Writes a split's normalised output (acc / l, in out_ptr's dtype) to rows `rows` [BLOCK_G]
+    of out (BLOCK_D columns, rows `row_stride` apart), and its log-sum-exp (log2) to
+    lse_ptr[rows] unless lse_ptr is None. An empty split keeps m = -inf and l = 0: its lse is
+    -inf (the merge gives it weight 0) and its output 0."""
+    if lse_ptr is not None:
+        lse = tl.where(l_i > 0, m_i + tl.log2(tl.maximum(l_i, 1e-30)), float("-inf"))
+        tl.store(lse_ptr + rows, lse, mask=head_ok)
+    ty = out_ptr.dtype.element_ty
+    if V_PAIRS:
+        j = tl.arange(0, BLOCK_D // 2)
+        inv = 256.0 / tl.maximum(l_i, 1e-30)[:, None]  # 256: the V tiles held values / 256
+        even = out_ptr + rows[:, None] * row_stride + 2 * j[None, :]
+        tl.store(even, (acc_a * inv).to(ty), mask=head_ok[:, None])
+        tl.store(even + 1, (acc_b * inv).to(ty), mask=head_ok[:, None])
+    else:
+        d = tl.arange(0, BLOCK_D)
+        out = acc_a / tl.maximum(l_i, 1e-30)[:, None]
+        tl.store(out_ptr + rows[:, None] * row_stride + d[None, :], out.to(ty),
+                 mask=head_ok[:, None])  # fmt: skip
+
+
+@triton.jit
 def _decode_stage1(
     q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, lens_ptr, mid_o_ptr, mid_lse_ptr,
     stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t,
@@ -73,61 +156,37 @@ def _decode_stage1(
     elif DOT_FP16:
         q = q.to(tl.float16)
     row = tl.load(rows_ptr + b).to(tl.int64)
-
-    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_G], tl.float32)
-    if V_PAIRS:  # v_ptr is int16: element j holds head dims 2j and 2j + 1
-        j = tl.arange(0, BLOCK_D // 2)
-        acc_even = tl.zeros([BLOCK_G, BLOCK_D // 2], tl.float32)  # head dims 2j
-        acc_odd = tl.zeros([BLOCK_G, BLOCK_D // 2], tl.float32)  # head dims 2j + 1
-    else:
-        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    n = tl.arange(0, BLOCK_N)
-    for pos0 in tl.range(start, end, BLOCK_N, num_stages=NUM_STAGES):
-        pos = pos0 + n
-        pos_ok = pos < end
-        slot = tl.load(r2t_ptr + row * stride_r2t + pos, mask=pos_ok, other=0).to(tl.int64)
-        # A runtime head_dim mask along the contiguous dim would stop cp.async pipelining.
-        if EVEN_D:
-            kv_mask = pos_ok[:, None]
-        else:
-            kv_mask = pos_ok[:, None] & (d[None, :] < head_dim)
-        k = tl.load(k_ptr + slot[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
-                    mask=kv_mask, other=0.0)  # fmt: skip
-        if not V_PAIRS:  # (the pairs path loads V after the softmax, below)
-            v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + d[None, :],
-                        mask=kv_mask, other=0.0).to(q.dtype)  # fmt: skip
-        k = k.to(q.dtype)  # from an FP8 pool; a no-op when the pool has q's dtype
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
-        # scale * log2(e) is folded into qk_scale, so the softmax uses exp2.
-        s = tl.where(pos_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if V_PAIRS:  # see DecodeTiles.fp8_v_pairs
-            v_rows = v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh
-            pairs = tl.load(v_rows + j[None, :], mask=pos_ok[:, None], other=0)
-            pairs = pairs.to(tl.uint16, bitcast=True)  # [BLOCK_N, BLOCK_D // 2]
-            p16 = p.to(tl.float16)
-            acc_even = acc_even * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs))
-            acc_odd = acc_odd * alpha[:, None] + tl.dot(p16, _e4m3_to_fp16_over_256(pairs >> 8))
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-
-    # An empty split keeps m = -inf and l = 0: its lse is -inf and stage 2 gives it weight 0.
-    lse = tl.where(l_i > 0, m_i + tl.log2(tl.maximum(l_i, 1e-30)), float("-inf"))
+    m_i, l_i, acc_a, acc_b = _attend_split(
+        q, k_ptr, v_ptr, r2t_ptr, row, kv_head, start, end,
+        stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t, qk_scale, head_dim,
+        BLOCK_G, BLOCK_N, BLOCK_D, EVEN_D, V_PAIRS, PRECISION, NUM_STAGES,
+    )  # fmt: skip
     mid = (b * group * tl.num_programs(1) + heads) * num_splits + split  # [BLOCK_G]
-    tl.store(mid_lse_ptr + mid, lse, mask=head_ok)
-    if V_PAIRS:
-        inv = 256.0 / tl.maximum(l_i, 1e-30)[:, None]  # 256: the V tiles held values / 256
-        even = mid_o_ptr + mid[:, None] * BLOCK_D + 2 * j[None, :]
-        tl.store(even, acc_even * inv, mask=head_ok[:, None])
-        tl.store(even + 1, acc_odd * inv, mask=head_ok[:, None])
-    else:
-        out = acc / tl.maximum(l_i, 1e-30)[:, None]
-        tl.store(mid_o_ptr + mid[:, None] * BLOCK_D + d[None, :], out, mask=head_ok[:, None])
+    _store_split(mid_o_ptr, BLOCK_D, mid_lse_ptr, mid, head_ok, m_i, l_i, acc_a, acc_b,
+                 BLOCK_D, V_PAIRS)  # fmt: skip
+
+
+@triton.jit
+def _merge_head(
+    mid_o_ptr, mid_lse_ptr, out_ptr, b, h, stride_ob, stride_oh, num_heads, head_dim,
+    num_splits, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, CACHE: tl.constexpr,
+):  # fmt: skip
+    """out[b, h] = the num_splits partials of head h of request b, weighted by their
+    log-sum-exps. CACHE: the partials' load cache modifier (".cg" when other programs of the
+    same launch wrote them: L2, never a stale L1 line)."""
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    base = (b * num_heads + h) * num_splits
+    lse = tl.load(mid_lse_ptr + base + s, mask=s < num_splits, other=float("-inf"),
+                  cache_modifier=CACHE)  # fmt: skip
+    m = tl.max(lse, axis=0)
+    m = tl.where(m == float("-inf"), 0.0, m)  # every split empty: all weights become 0
+    w = tl.exp2(lse - m)  # [BLOCK_S]
+    parts = tl.load(mid_o_ptr + (base + s[:, None]) * BLOCK_D + d[None, :],
+                    mask=s[:, None] < num_splits, other=0.0, cache_modifier=CACHE)  # fmt: skip
+    out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty),
+             mask=d < head_dim)  # fmt: skip
 
 
 @triton.jit
@@ -139,18 +198,8 @@ def _decode_stage2(
     h = tl.program_id(1)
     pdl_wait(USE_PDL)
     pdl_release(USE_PDL)  # after the wait: see kernels/_common_jit.py
-    s = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
-    base = (b * num_heads + h) * num_splits
-    lse = tl.load(mid_lse_ptr + base + s, mask=s < num_splits, other=float("-inf"))
-    m = tl.max(lse, axis=0)
-    m = tl.where(m == float("-inf"), 0.0, m)  # every split empty: all weights become 0
-    w = tl.exp2(lse - m)  # [BLOCK_S]
-    parts = tl.load(mid_o_ptr + (base + s[:, None]) * BLOCK_D + d[None, :],
-                    mask=s[:, None] < num_splits, other=0.0)  # fmt: skip
-    out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(tl.sum(w, axis=0), 1e-30)
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty),
-             mask=d < head_dim)  # fmt: skip
+    _merge_head(mid_o_ptr, mid_lse_ptr, out_ptr, b, h, stride_ob, stride_oh, num_heads,
+                head_dim, num_splits, BLOCK_S, BLOCK_D, "")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +249,33 @@ def choose_num_splits(batch: int, kv_heads: int, max_kv_len: int, sm_count: int)
     return max(1, min(64, by_occupancy, by_length))
 
 
+def split_kernel_args(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: DecodeTiles | None,
+    pdl: bool,
+) -> tuple[torch.Tensor, dict]:
+    """The V pool as a split kernel reads it (int16 pairs with fp8_v_pairs) and the kernel's
+    constexprs and launch options for q's shape and the pool's dtype (choose_tiles unless
+    `tiles`); shared with kernels/decode_rope_attention.py."""
+    interp = interpreting(q)
+    if tiles is None:
+        tiles = choose_tiles(k_cache.dtype)
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    fp16_dot = tiles.fp16_dot and k_cache.element_size() == 1 and q.element_size() == 2
+    v_pairs = tiles.fp8_v_pairs and fp16_dot and head_dim >= 32 and head_dim & (head_dim - 1) == 0
+    v_arg = v_cache.view(torch.int16) if v_pairs else v_cache  # strides in pairs of elements
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    use_pdl = pdl_enabled(pdl, q)
+    consts = dict(
+        BLOCK_G=max(16, triton.next_power_of_2(num_heads // k_cache.shape[1])),
+        BLOCK_N=tiles.block_n, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
+        DOT_FP32=interp and not fp16_dot, DOT_FP16=fp16_dot, V_PAIRS=v_pairs,
+        PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
+        NUM_STAGES=tiles.num_stages, USE_PDL=use_pdl, num_warps=tiles.num_warps,
+        **pdl_launch_options(use_pdl),
+    )  # fmt: skip
+    return v_arg, consts
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -229,28 +305,17 @@ def decode_attention(
         raise ValueError(f"num_splits: must be >= 1, got {num_splits}")
     if batch == 0:
         return out
-    interp = interpreting(q)
-    if tiles is None:
-        tiles = choose_tiles(k_cache.dtype)
-    fp16_dot = tiles.fp16_dot and k_cache.element_size() == 1 and q.element_size() == 2
-    v_pairs = tiles.fp8_v_pairs and fp16_dot and head_dim >= 32 and head_dim & (head_dim - 1) == 0
-    v_arg = v_cache.view(torch.int16) if v_pairs else v_cache  # strides in pairs of elements
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    block_g = max(16, triton.next_power_of_2(num_heads // kv_heads))
+    v_arg, consts = split_kernel_args(q, k_cache, v_cache, tiles, pdl)
+    block_d = consts["BLOCK_D"]
     mid_o = torch.empty((batch, num_heads, num_splits, block_d), dtype=torch.float32,
                         device=q.device)  # fmt: skip
     mid_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
-    use_pdl = pdl_enabled(pdl, q)
+    use_pdl = consts["USE_PDL"]
     _decode_stage1[(batch, kv_heads, num_splits)](
         q, k_cache, v_arg, req_to_token, req_rows, seq_lens_kv, mid_o, mid_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_arg.stride(0), v_arg.stride(1), req_to_token.stride(0),
-        scale * LOG2E, num_heads // kv_heads, head_dim, num_splits,
-        BLOCK_G=block_g, BLOCK_N=tiles.block_n, BLOCK_D=block_d, EVEN_D=block_d == head_dim,
-        DOT_FP32=interp and not fp16_dot, DOT_FP16=fp16_dot, V_PAIRS=v_pairs,
-        PRECISION="ieee" if interp or q.dtype == torch.float32 else "tf32",
-        NUM_STAGES=tiles.num_stages, USE_PDL=use_pdl, num_warps=tiles.num_warps,
-        **pdl_launch_options(use_pdl),
+        scale * LOG2E, num_heads // kv_heads, head_dim, num_splits, **consts,
     )  # fmt: skip
     _decode_stage2[(batch, num_heads)](
         mid_o, mid_lse, out, out.stride(0), out.stride(1), num_heads, head_dim, num_splits,

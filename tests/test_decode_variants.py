@@ -73,3 +73,13 @@ def test_kernel_variants_restore_the_engine_settings(tiny_models: dict[str, Path
     with variant("fused", runner):
         assert not model.fused_decode  # needs the kernels, which the CPU engine has off
     assert flags() == before
+
+
+def test_unfused_attention_variant_is_undone(tiny_models: dict[str, Path]) -> None:
+    llm = LLM(tiny_models["llama"], dtype="float32", device="cpu", max_model_len=64,
+              attention_backend="triton", progress=False)  # fmt: skip
+    backend = llm.core.runner.backend
+    assert backend.fuse_decode_rope  # the engine default
+    with variant("unfused_attention", llm.core.runner) as used:
+        assert used is backend and not backend.fuse_decode_rope
+    assert backend.fuse_decode_rope

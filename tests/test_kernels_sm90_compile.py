@@ -134,6 +134,7 @@ def _compile_all() -> list[dict]:
             1,
         ),  # fmt: skip
         *_pdl_builds(),
+        *_decode_rope_builds(),
         *_skinny_builds(),
         *_row_gemv_builds(),
         _compile(top_p._top_p_cut_kernel,
@@ -194,6 +195,34 @@ def _row_gemv_builds() -> list[dict]:
     ]
 
 
+def _decode_rope_builds() -> list[dict]:
+    """Decode attention with rotary, KV store and merge in one launch (kernels/
+    decode_rope_attention.py): bf16 and FP8 (V pairs) pools with the in-kernel merge, one split,
+    and with programmatic dependent launch."""
+    import torch
+
+    from raylight.kernels import decode_attention, decode_rope_attention
+
+    ptrs = {**IDX, "mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32", "pos_ptr": "*i64",
+            "cos_ptr": "*fp32", "sin_ptr": "*fp32", "slots_ptr": "*i64", "count_ptr": "*i32"}
+    fp8 = {**FP8_CACHES, "k_cache_ptr": "*fp8e4nv", "v_read_ptr": "*i16"}
+
+    def build(name: str, pools: dict, kv_dtype, one_split: bool = False, pdl: bool = False):
+        consts, warps, stages = _stage1_consts(decode_attention.choose_tiles(kv_dtype), pdl)
+        consts = {**consts, "TO_FP8": kv_dtype.itemsize == 1, "ONE_SPLIT": one_split,
+                  "BLOCK_S": 64}  # fmt: skip
+        built = _compile(decode_rope_attention._decode_rope_kernel, {**ptrs, **pools}, consts,
+                         warps, stages)  # fmt: skip
+        return {**built, "name": name}
+
+    return [
+        build("_decode_rope_kernel", {}, torch.bfloat16),
+        build("_decode_rope_kernel_one_split", {}, torch.bfloat16, one_split=True),
+        build("_decode_rope_kernel_fp8", fp8, torch.float8_e4m3fn),
+        build("_decode_rope_kernel_pdl", {}, torch.bfloat16, pdl=True),
+    ]
+
+
 def _pdl_builds() -> list[dict]:
     """The decode chain's kernels built with programmatic dependent launch (engine option
     `pdl`): the skinny linear layer, RMSNorm, SiLU-and-mul, rope + KV store, both decode stages."""
@@ -230,9 +259,9 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(proc.stdout.splitlines()[-1])}
-    assert len(results) == 35
+    assert len(results) == 39
     pdl = {name: results.pop(name) for name in list(results) if name.endswith("_pdl")}
-    assert len(pdl) == 7 and all(r["griddepcontrol"] for r in pdl.values()), pdl
+    assert len(pdl) == 8 and all(r["griddepcontrol"] for r in pdl.values()), pdl
     for r in pdl.values():  # PDL adds no spills either
         assert r["usage"] and all("STACK:0 " in u and "LOCAL:0 " in u for u in r["usage"]), r
     assert not any(r["griddepcontrol"] for r in results.values())  # the default builds: none
@@ -248,6 +277,10 @@ def test_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
     for name in ("_prefill_kernel_short", "_prefill_kernel_mid"):
         assert results[name]["wgmma"] and results[name]["cp_async"], results[name]
     assert results["_decode_stage1"]["cp_async"]
+    # The one-launch decode attention pipelines its K/V tiles like stage 1, FP8 V as pairs.
+    rope = [r for name, r in results.items() if name.startswith("_decode_rope_kernel")]
+    assert len(rope) == 3 and all(r["cp_async"] for r in rope), rope
+    assert results["_decode_rope_kernel_fp8"]["byte_smem_loads"] == 0
     # The one-wave linear kernel's weight tiles are software-pipelined (cp.async) too.
     rows = [r for name, r in results.items() if name.startswith("_row_gemv")]
     assert len(rows) == 8 and all(r["cp_async"] for r in rows), rows

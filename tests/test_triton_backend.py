@@ -70,31 +70,45 @@ def test_prefix_cache_hits_match_torch(tiny_models: dict[str, Path]) -> None:
     assert sum(cached for _, cached in got) > 50  # later prompts reused the shared prefix
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize(("arch", "fuse_attention"),
+                         [("llama", True), ("qwen3", True), ("llama", False)])  # fmt: skip
 def test_fused_layers_match_torch(
-    tiny_models: dict[str, Path], arch: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    tiny_models: dict[str, Path], arch: str, fuse_attention: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     """Fused RMSNorm(+residual), rotary with the KV store, and SiLU-and-mul (what CUDA uses by
-    default)."""
+    default); decode steps with rotary and the KV store inside the attention kernel
+    (fuse_decode_attention, the default) or through rope_kv_store."""
     import raylight.engine.layers.attention as attention_layer
+    from raylight.engine.attention import triton_backend
 
-    calls = []
-    fused_store = attention_layer.rope_kv_store
+    calls = {"rope_kv_store": 0, "decode_rope_attention": 0}
 
-    def counted(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return fused_store(*args, **kwargs)
+    def counting(module: object, name: str) -> None:
+        kernel = getattr(module, name)
 
-    monkeypatch.setattr(attention_layer, "rope_kv_store", counted)
+        def counted(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return kernel(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+    counting(attention_layer, "rope_kv_store")
+    counting(triton_backend, "decode_rope_attention")
     prompts = _prompts(1, [5, 11, 2])
     arrivals = [0, 0, 2]
     want = _run(tiny_models[arch], prompts, arrivals, attention_backend="torch",
                 max_num_batched_tokens=64)  # fmt: skip
-    assert not calls
+    assert not any(calls.values())
     got = _run(tiny_models[arch], prompts, arrivals, attention_backend="triton",
-               fused_kernels=True, max_num_batched_tokens=64)  # fmt: skip
+               fused_kernels=True, max_num_batched_tokens=64,
+               fuse_decode_attention=fuse_attention)  # fmt: skip
     assert got == want
-    assert len(calls) > 10  # every layer of every step stored K/V through the fused kernel
+    layers = 2  # the tiny models'
+    if fuse_attention:  # prefill steps store through rope_kv_store, decode steps fuse it
+        assert calls["rope_kv_store"] >= layers and calls["decode_rope_attention"] >= 4 * layers
+    else:
+        assert calls["decode_rope_attention"] == 0 and calls["rope_kv_store"] >= 6 * layers
 
 
 def _mixed_metadata(q_lens: list[int], kv_lens: list[int], slots: int) -> AttentionMetadata:

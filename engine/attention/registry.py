@@ -6,9 +6,13 @@ from __future__ import annotations
 from raylight.engine.attention.backend import AttentionBackend
 
 
-def make_attention_backend(name: str, pdl: bool = False) -> AttentionBackend:
+def make_attention_backend(
+    name: str, pdl: bool = False, fuse_decode_rope: bool = False
+) -> AttentionBackend:
     """name: a resolved backend name ("torch" or "triton"; config resolves "auto"). pdl: the
-    Triton backend's decode kernels use programmatic dependent launch."""
+    Triton backend's decode kernels use programmatic dependent launch; fuse_decode_rope: its
+    decode steps take rotary and the KV store into the attention kernel (engine option
+    fuse_decode_attention)."""
     if name == "torch":
         from raylight.engine.attention.torch_backend import TorchAttentionBackend
 
@@ -16,5 +20,5 @@ def make_attention_backend(name: str, pdl: bool = False) -> AttentionBackend:
     if name == "triton":
         from raylight.engine.attention.triton_backend import TritonAttentionBackend
 
-        return TritonAttentionBackend(pdl=pdl)
+        return TritonAttentionBackend(pdl=pdl, fuse_decode_rope=fuse_decode_rope)
     raise ValueError(f"unknown attention backend {name!r} (available: torch, triton)")

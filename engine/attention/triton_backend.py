@@ -1,7 +1,10 @@
 """Attention over the token-level KV pool with the Triton kernels of `raylight.kernels`.
 
 - store_kv: one scatter kernel for K and V (`kv_store`); slot 0 may repeat (padded lanes).
-- decode-only batches: split-K `decode_attention`. The split count is a pure function of
+- decode-only batches: split-K `decode_attention`; with `fuse_decode_rope` (engine option
+  fuse_decode_attention) the attention layer hands the unrotated q, k, v to
+  `decode_with_rope` instead, one launch for rotary, KV store, splits and merge
+  (`decode_rope_attention`; power-of-two head_dim). The split count is a pure function of
   (batch, kv_heads, meta.max_kv_len, SM count), all Python ints, so a CUDA graph captured with
   `max_kv_len = max_model_len` stays correct for every real length <= max_model_len.
 - any batch with a prefill chunk: `prefill_attention`, which reads cached prefixes and earlier
@@ -21,6 +24,7 @@ import torch
 
 from raylight.engine.attention.backend import AttentionMetadata
 from raylight.kernels.decode_attention import decode_attention
+from raylight.kernels.decode_rope_attention import decode_rope_attention, supports_head_dim
 from raylight.kernels.kv_store import store_kv
 from raylight.kernels.prefill_attention import prefill_attention
 
@@ -30,8 +34,46 @@ class TritonAttentionBackend:
     # safe to capture in a CUDA graph.
     supports_cuda_graphs = True
 
-    def __init__(self, pdl: bool = False) -> None:
+    def __init__(self, pdl: bool = False, fuse_decode_rope: bool = False) -> None:
         self.pdl = pdl  # decode kernels with programmatic dependent launch (kernels/_common.py)
+        self.fuse_decode_rope = fuse_decode_rope
+        # decode_with_rope's split counters: zero between launches (each launch resets its own),
+        # grown outside CUDA-graph capture (a graph's eager warm-up runs first).
+        self._counters: torch.Tensor | None = None
+
+    def fuses_rope(self, head_dim: int) -> bool:
+        """Whether decode-only steps should call `decode_with_rope` (unrotated q, k, v)."""
+        return self.fuse_decode_rope and supports_head_dim(head_dim)
+
+    def decode_with_rope(
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """A decode-only step's rotary, KV store and attention: q [B, heads, D], k, v
+        [B, kv_heads, D] before rotary -> [B, heads, D]."""
+        return decode_rope_attention(
+            positions, q, k, v, cos, sin, k_cache, v_cache, meta.out_slots, meta.req_to_token,
+            meta.req_rows, meta.seq_lens_kv, max(1, meta.max_kv_len), scale,
+            counters=self._split_counters(q.shape[0] * k_cache.shape[1], q.device),
+            pdl=self.pdl,
+        )  # fmt: skip
+
+    def _split_counters(self, needed: int, device: torch.device) -> torch.Tensor:
+        c = self._counters
+        if c is None or c.numel() < needed or c.device != device:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("decode_with_rope: run a step eagerly before capturing it")
+            self._counters = c = torch.zeros(max(needed, 4096), dtype=torch.int32, device=device)
+        return c
 
     def store_kv(
         self,

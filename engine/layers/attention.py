@@ -1,6 +1,8 @@
 """The attention layer: rotary on q and k, this step's K/V into the pool, then attention through
 the backend. With the fused kernels (rope.fused) the first two are one Triton kernel
-(kernels/rope_kv_store.py); the pool layout is the same for every backend."""
+(kernels/rope_kv_store.py), and in decode-only steps of a backend that fuses them (Triton,
+engine option fuse_decode_attention) all three are one (kernels/decode_rope_attention.py); the
+pool layout is the same for every backend."""
 
 from __future__ import annotations
 
@@ -44,6 +46,11 @@ class Attention(nn.Module):
         v_cache = ctx.v_caches[self.layer_idx]
         contiguous = q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         if rope.fused and contiguous and q.dtype == k.dtype == v.dtype:
+            fuses = getattr(ctx.backend, "fuses_rope", None)
+            if ctx.attn.decode_only and fuses is not None and fuses(q.shape[-1]):
+                out = ctx.backend.decode_with_rope(positions, q, k, v, rope.cos, rope.sin,
+                                                   k_cache, v_cache, ctx.attn, self.scale)
+                return out.reshape(out.shape[0], -1)
             q = rope_kv_store(positions, q, k, v, rope.cos, rope.sin, k_cache, v_cache,
                               ctx.attn.out_slots, pdl=rope.pdl)  # fmt: skip
         else:
