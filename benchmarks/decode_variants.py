@@ -6,7 +6,8 @@ layers, the final norm), captured afresh for each variant and replayed with the 
 of a real request decoding after a 1024-token prompt. Variants:
 - kernel choices: fused decode layers, PDL (engine options), decode-attention split counts,
   RMSNorm warps, the one-row linears without kernels/row_gemv.py (no_row_gemv), attention as
-  three launches instead of kernels/decode_rope_attention.py's one (unfused_attention);
+  three launches instead of kernels/decode_rope_attention.py's one (unfused_attention), that
+  kernel with the split merge as a second launch (rope_stage2);
 - ablations that drop one kind of work from the chain (attention with its rotary and KV store,
   the norms, SiLU-and-mul) to show what it costs in place, launch gaps included. An ablated
   step computes garbage by design; only its time is used.
@@ -44,7 +45,7 @@ from raylight.engine.layers.fused import use_fused_kernels
 from raylight.engine.layers.norm import RMSNorm
 from raylight.engine.llm import LLM
 from raylight.engine.sampling_params import SamplingParams
-from raylight.kernels import decode_attention, rmsnorm
+from raylight.kernels import decode_attention, decode_rope_attention, rmsnorm
 
 
 @contextlib.contextmanager
@@ -102,6 +103,8 @@ def variant(name: str, runner) -> Iterator[object]:
             stack.enter_context(_set(linear_mod, "choose_row_config", lambda *args: None))
         elif name == "unfused_attention":  # rope_kv_store + two decode stages, as before
             stack.enter_context(_set(backend, "fuse_decode_rope", False))
+        elif name == "rope_stage2":  # the fused kernel, merged by a second launch (uncapped S)
+            stack.enter_context(_set(decode_rope_attention, "MERGE_IN_KERNEL", False))
         elif name == "pdl":
             use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers)
             backend = make_attention_backend(c.attention_backend, pdl=True,

@@ -10,9 +10,11 @@ and ramp on a batch-1 step. Here one grid (B, Hk, S) does all three:
   then waits for its own threads (a CTA barrier) before reading the split back through the
   pool like every other position; no other program reads that slot;
 - each program writes its fp32 partial, then counts itself done on a per-(b, g) counter; the
-  last of the S programs merges the S partials of the group's heads into `out` and resets the
-  counter to 0 for the next launch (counters: int32 [>= B * Hk], zero before the first launch;
-  launches on one stream may share them). One split writes `out` directly.
+  last of the S programs merges the S partials of the group's heads into `out` (one tile of
+  heads x splits x head_dim, which caps S: MERGE_TILE) and resets the counter to 0 for the next
+  launch (counters: int32 [>= B * Hk], zero before the first launch; launches on one stream
+  may share them). One split writes `out` directly; with MERGE_IN_KERNEL off, the split kernel's
+  stage 2 merges in a second launch.
 
 Layout and rules are the two kernels': positions [B]; q [B, Hq, D], k and v [B, Hk, D] before
 rotary (last dim contiguous, other strides free: views into a fused qkv output); cos, sin
@@ -29,14 +31,14 @@ import triton
 import triton.language as tl
 
 from raylight.kernels import decode_attention as split_kernels
-from raylight.kernels._common import FP8_KV_DTYPE
+from raylight.kernels._common import FP8_KV_DTYPE, pdl_launch_options
 from raylight.kernels._common_jit import pdl_release, pdl_wait
 from raylight.kernels.attention_checks import check_attention_args, num_sms
 from raylight.kernels.decode_attention import (
     LOG2E,
     DecodeTiles,
     _attend_split,
-    _merge_head,
+    _decode_stage2,
     _store_split,
     decode_attention_ref,
     split_kernel_args,
@@ -44,6 +46,13 @@ from raylight.kernels.decode_attention import (
 from raylight.kernels.kv_store import check_store_args
 from raylight.kernels.rope_kv_store import rope_kv_store_ref
 from raylight.kernels.rotary import check_rotary_args
+
+# The last split of each KV group merges the group's partials (True), or a second launch does
+# (kernels/decode_attention.py's stage 2; benchmarks/decode_variants.py times both).
+MERGE_IN_KERNEL = True
+# Floats of the in-kernel merge's one tile (KV group's heads x splits x head_dim), 64 registers
+# a thread at 4 warps: caps the split count when merging in the kernel.
+MERGE_TILE = 8192
 
 
 @triton.jit
@@ -69,7 +78,8 @@ def _decode_rope_kernel(
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr, V_PAIRS: tl.constexpr,
     PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr,
-    TO_FP8: tl.constexpr, ONE_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
+    TO_FP8: tl.constexpr, ONE_SPLIT: tl.constexpr, MERGE: tl.constexpr,
+    BLOCK_GM: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -125,16 +135,40 @@ def _decode_rope_kernel(
         mid = (b * group * tl.num_programs(1) + heads) * num_splits + split  # [BLOCK_G]
         _store_split(mid_o_ptr, BLOCK_D, mid_lse_ptr, mid, head_ok, m_i, l_i, acc_a, acc_b,
                      BLOCK_D, V_PAIRS)  # fmt: skip
-        tl.debug_barrier()  # every thread's partial stored before the release below
-        counter = count_ptr + b * tl.num_programs(1) + kv_head
-        done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if done == num_splits - 1:  # the last split of (b, kv_head): merge, reset the counter
-            num_heads = group * tl.num_programs(1)
-            for i in range(0, group):
-                _merge_head(mid_o_ptr, mid_lse_ptr, out_ptr, b, kv_head * group + i,
-                            stride_ob, stride_oh, num_heads, head_dim, num_splits,
-                            BLOCK_S, BLOCK_D, ".cg")  # fmt: skip
-            tl.store(counter, 0)
+        if MERGE:
+            tl.debug_barrier()  # every thread's partial stored before the release below
+            counter = count_ptr + b * tl.num_programs(1) + kv_head
+            done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if done == num_splits - 1:  # the last split of (b, kv_head): merge, reset counter
+                _merge_group(mid_o_ptr, mid_lse_ptr, out_ptr + b * stride_ob, stride_oh,
+                             (b * group * tl.num_programs(1) + kv_head * group) * num_splits,
+                             group, num_splits, kv_head * group, BLOCK_GM, BLOCK_S, BLOCK_D)
+                tl.store(counter, 0)
+
+
+@triton.jit
+def _merge_group(
+    mid_o_ptr, mid_lse_ptr, out_ptr, stride_oh, base, group, num_splits, head0,
+    BLOCK_GM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Heads head0 .. head0 + group - 1 of out (rows stride_oh apart) = their num_splits
+    partials (rows base + g * num_splits + s of mid) weighted by their log-sum-exps: the whole
+    group's [BLOCK_GM, BLOCK_S, BLOCK_D] partials in one load, from L2 (".cg": other programs of
+    this launch wrote them, so no L1 line may serve them)."""
+    g = tl.arange(0, BLOCK_GM)[:, None]
+    s = tl.arange(0, BLOCK_S)[None, :]
+    ok = (g < group) & (s < num_splits)  # [BLOCK_GM, BLOCK_S]
+    rows = base + g * num_splits + s
+    lse = tl.load(mid_lse_ptr + rows, mask=ok, other=float("-inf"), cache_modifier=".cg")
+    d = tl.arange(0, BLOCK_D)[None, None, :]
+    parts = tl.load(mid_o_ptr + rows[:, :, None] * BLOCK_D + d, mask=ok[:, :, None], other=0.0,
+                    cache_modifier=".cg")  # fmt: skip
+    m = tl.max(lse, axis=1)
+    m = tl.where(m == float("-inf"), 0.0, m)  # every split empty: all weights become 0
+    w = tl.exp2(lse - m[:, None])  # [BLOCK_GM, BLOCK_S]
+    out = tl.sum(parts * w[:, :, None], axis=1) / tl.maximum(tl.sum(w, axis=1), 1e-30)[:, None]
+    dst = out_ptr + (head0 + g) * stride_oh + tl.arange(0, BLOCK_D)[None, :]
+    tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=g < group)
 
 
 def decode_rope_attention(
@@ -174,9 +208,12 @@ def decode_rope_attention(
             f"positions {tuple(positions.shape)}, seq_lens_kv {tuple(seq_lens_kv.shape)}: one "
             f"entry per request of q {tuple(q.shape)}"
         )
+    group_p2 = triton.next_power_of_2(num_heads // kv_heads)
     if num_splits is None:
         num_splits = split_kernels.choose_num_splits(batch, kv_heads, max_kv_len,
                                                      num_sms(q.device))  # fmt: skip
+        if MERGE_IN_KERNEL:
+            num_splits = min(num_splits, max_merged_splits(group_p2, head_dim))
     if num_splits < 1:
         raise ValueError(f"num_splits: must be >= 1, got {num_splits}")
     if batch == 0:
@@ -193,6 +230,7 @@ def decode_rope_attention(
     mid_shape = (batch, num_heads, num_splits) if not one_split else (1, 1, 1)
     mid_o = torch.empty((*mid_shape, head_dim), dtype=torch.float32, device=q.device)
     mid_lse = torch.empty(mid_shape, dtype=torch.float32, device=q.device)
+    block_s = triton.next_power_of_2(num_splits)
     _decode_rope_kernel[(batch, kv_heads, num_splits)](
         positions, cos, sin, out_slots, q, k, v, k_cache, v_cache, v_read,
         req_to_token, req_rows, seq_lens_kv, mid_o, mid_lse, counters, out,
@@ -201,9 +239,22 @@ def decode_rope_attention(
         v_read.stride(0), v_read.stride(1), req_to_token.stride(0),
         out.stride(0), out.stride(1), scale * LOG2E, num_heads // kv_heads, head_dim,
         num_splits, TO_FP8=k_cache.dtype == FP8_KV_DTYPE, ONE_SPLIT=one_split,
-        BLOCK_S=triton.next_power_of_2(num_splits), **consts,
+        MERGE=MERGE_IN_KERNEL, BLOCK_GM=group_p2, BLOCK_S=block_s, **consts,
     )  # fmt: skip
+    if not one_split and not MERGE_IN_KERNEL:
+        use_pdl = consts["USE_PDL"]
+        _decode_stage2[(batch, num_heads)](
+            mid_o, mid_lse, out, out.stride(0), out.stride(1), num_heads, head_dim, num_splits,
+            BLOCK_S=block_s, BLOCK_D=head_dim, USE_PDL=use_pdl, num_warps=4,
+            **pdl_launch_options(use_pdl),
+        )  # fmt: skip
     return out
+
+
+def max_merged_splits(group_p2: int, head_dim: int) -> int:
+    """The most splits (a power of two) whose partials of one KV group fit the in-kernel merge's
+    single tile of MERGE_TILE floats."""
+    return max(1, triton.next_power_of_2(MERGE_TILE // (group_p2 * head_dim) + 1) // 2)
 
 
 def supports_head_dim(head_dim: int) -> bool:

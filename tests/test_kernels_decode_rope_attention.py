@@ -40,7 +40,7 @@ def make_step(kv_lens: list[int], heads: int, kv_heads: int, d: int, dtype: torc
     b = len(kv_lens)
     qkv = torch.randn(b, (heads + 2 * kv_heads) * d, generator=gen).to(dtype)
     q, k, v = qkv.split([heads * d, kv_heads * d, kv_heads * d], dim=1)  # views, as in a layer
-    rope = RotaryEmbedding(d, RopeConfig(theta=10000.0), max_positions=512)
+    rope = RotaryEmbedding(d, RopeConfig(theta=10000.0), max_positions=max(kv_lens))
     return dict(
         positions=lens - 1, q=q.view(b, heads, d), k=k.view(b, kv_heads, d),
         v=v.view(b, kv_heads, d), cos=rope.cos, sin=rope.sin,
@@ -78,10 +78,15 @@ def test_matches_reference(dtype: torch.dtype, case: int, num_splits: int) -> No
     assert not counters.any(), "the last split of each group resets its counter"
 
 
-@pytest.mark.parametrize("num_splits", [1, 4])
-def test_equals_the_two_kernels_it_replaces(num_splits: int) -> None:
+@pytest.mark.parametrize(("num_splits", "merge_in_kernel"), [(1, True), (4, True), (4, False)])
+def test_equals_the_two_kernels_it_replaces(
+    num_splits: int, merge_in_kernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same rounding points as rope_kv_store + decode_attention: the same output, to fp32
-    reduction order."""
+    reduction order; the merge in the kernel or in stage 2."""
+    import raylight.kernels.decode_rope_attention as fused
+
+    monkeypatch.setattr(fused, "MERGE_IN_KERNEL", merge_in_kernel)
     step = make_step([9, 70, 131], 8, 2, 64, torch.bfloat16, seed=5)
     k_a, v_a = _pools(step)
     got = _run(step, k_a, v_a, num_splits=num_splits)
