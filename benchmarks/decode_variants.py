@@ -85,41 +85,58 @@ def _no_silu(x):
 
 @contextlib.contextmanager
 def variant(name: str, runner) -> Iterator[object]:
-    """Sets up variant `name` on the runner's model; yields the attention backend to use."""
-    model, backend, c = runner.model, runner.backend, runner.config
+    """Sets up variant `name` on the runner's model (parts joined by "+" combine, e.g.
+    "splits_8+tiles_32_4_3"); yields the attention backend to use."""
+    model, c = runner.model, runner.config
+    backend = runner.backend
     with contextlib.ExitStack() as stack:
-        if name in ("fused", "pdl"):  # restored to the engine's own settings afterwards
+        parts = name.split("+")
+        if any(part in ("fused", "pdl") for part in parts):  # the engine's own settings after
             stack.callback(use_fused_kernels, model, c.fused_kernels, c.skinny_linear, c.pdl,
                            c.fuse_decode_layers)  # fmt: skip
-        if name == "fused":
-            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl, fuse_decode=True)
-        elif name.startswith("splits_"):  # every decode attention with this many splits
-            splits = int(name.removeprefix("splits_"))
-            stack.enter_context(_set(decode_attention, "choose_num_splits",
-                                     lambda *args: splits))  # fmt: skip
-        elif name.startswith("norm_warps_"):
-            stack.enter_context(_set(rmsnorm, "MAX_WARPS", int(name.removeprefix("norm_warps_"))))
-        elif name == "no_row_gemv":  # the one-row linears as before kernels/row_gemv.py
-            stack.enter_context(_set(linear_mod, "choose_row_config", lambda *args: None))
-        elif name == "unfused_attention":  # rope_kv_store + two decode stages, as before
-            stack.enter_context(_set(backend, "fuse_decode_rope", False))
-        elif name == "rope_stage2":  # the fused kernel, merged by a second launch (uncapped S)
-            stack.enter_context(_set(decode_rope_attention, "MERGE_IN_KERNEL", False))
-        elif name == "pdl":
-            use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers)
-            backend = make_attention_backend(c.attention_backend, pdl=True,
-                                             fuse_decode_rope=c.fuse_decode_attention)
-        else:
-            drops = {"no_attention": ["attention"], "no_norms": ["norms"], "no_silu": ["silu"],
-                     "linears_only": ["attention", "norms", "silu"]}  # fmt: skip
-            if name != "plain" and name not in drops:
-                raise ValueError(f"unknown variant {name!r}")
-            for drop in drops.get(name, []):
-                kind, forward = {"attention": (Attention, _no_attention),
-                                 "norms": (RMSNorm, _no_norm),
-                                 "silu": (SiluAndMul, _no_silu)}[drop]  # fmt: skip
-                stack.enter_context(_patched(model, kind, forward))
+        for part in parts:
+            backend = _apply(part, runner, backend, stack)
         yield backend
+
+
+def _apply(name: str, runner, backend: object, stack: contextlib.ExitStack) -> object:
+    """One part of a variant; returns the attention backend from then on."""
+    model, c = runner.model, runner.config
+    if name == "fused":
+        use_fused_kernels(model, c.fused_kernels, c.skinny_linear, c.pdl, fuse_decode=True)
+    elif name.startswith("splits_"):  # every decode attention with this many splits
+        splits = int(name.removeprefix("splits_"))
+        stack.enter_context(_set(decode_attention, "choose_num_splits", lambda *args: splits))
+    elif name.startswith("tiles_"):  # decode attention tiles: tiles_<block_n>_<warps>_<stages>
+        block_n, warps, stages = (int(x) for x in name.removeprefix("tiles_").split("_"))
+        tiles = decode_attention.DecodeTiles(block_n, warps, stages)
+        stack.enter_context(_set(decode_attention, "choose_tiles", lambda *args: tiles))
+    elif name.startswith("merge_tile_"):  # the one-launch attention's merge tile (split cap)
+        tile = int(name.removeprefix("merge_tile_"))
+        stack.enter_context(_set(decode_rope_attention, "MERGE_TILE", tile))
+    elif name.startswith("norm_warps_"):
+        stack.enter_context(_set(rmsnorm, "MAX_WARPS", int(name.removeprefix("norm_warps_"))))
+    elif name == "no_row_gemv":  # the one-row linears as before kernels/row_gemv.py
+        stack.enter_context(_set(linear_mod, "choose_row_config", lambda *args: None))
+    elif name == "unfused_attention":  # rope_kv_store + two decode stages, as before
+        stack.enter_context(_set(backend, "fuse_decode_rope", False))
+    elif name == "rope_stage2":  # the fused kernel, merged by a second launch (uncapped S)
+        stack.enter_context(_set(decode_rope_attention, "MERGE_IN_KERNEL", False))
+    elif name == "pdl":
+        use_fused_kernels(model, c.fused_kernels, c.skinny_linear, True, c.fuse_decode_layers)
+        backend = make_attention_backend(c.attention_backend, pdl=True,
+                                         fuse_decode_rope=c.fuse_decode_attention)  # fmt: skip
+    else:
+        drops = {"no_attention": ["attention"], "no_norms": ["norms"], "no_silu": ["silu"],
+                 "linears_only": ["attention", "norms", "silu"]}  # fmt: skip
+        if name != "plain" and name not in drops:
+            raise ValueError(f"unknown variant {name!r}")
+        for drop in drops.get(name, []):
+            kind, forward = {"attention": (Attention, _no_attention),
+                             "norms": (RMSNorm, _no_norm),
+                             "silu": (SiluAndMul, _no_silu)}[drop]  # fmt: skip
+            stack.enter_context(_patched(model, kind, forward))
+    return backend
 
 
 def _steady_request(llm: LLM, prompt_len: int) -> None:

@@ -46,6 +46,18 @@ def write_table(
     req_to_token[rows, positions] = slots.to(torch.int32)
 
 
+def write_pending(ids: torch.Tensor, pending: tuple[torch.Tensor | None, torch.Tensor] | None):
+    """ids[lanes] = pending ids, for pending = (lanes, ids); lanes None: the first len(ids)
+    lanes, in order (one copy)."""
+    if pending is None:
+        return
+    lanes, new_ids = pending
+    if lanes is None:
+        ids[: new_ids.shape[0]].copy_(new_ids)
+    else:
+        ids.index_copy_(0, lanes, new_ids)
+
+
 def capture_in_order(
     device: torch.device, bodies: list[tuple[object, Callable[[], object]]]
 ) -> tuple[dict, dict, int]:
@@ -118,12 +130,12 @@ class DecodeGraphs:
         )
 
     def run(
-        self, batch: Batch, pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, batch: Batch, pending: tuple[torch.Tensor | None, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """Replays the bucket of a decode-only batch (`can_run`); returns hidden states [B, hidden]
         of the real lanes (a view of the graph's output: valid until the next replay).
         `pending`: (lanes, ids) int64 device tensors: input ids that the step before sampled,
-        written over the batch's placeholders on the device."""
+        written over the batch's placeholders on the device (`write_pending`)."""
         b = batch.req_rows.shape[0]
         size = self.sizes[bisect.bisect_left(self.sizes, b)]
         # The host buffer is reused: wait for the previous step's copy out of it (long done).
@@ -138,8 +150,7 @@ class DecodeGraphs:
         # The whole buffer (contiguous, <= 10 KB): a strided copy would go through pageable memory.
         self._static.copy_(self._host, non_blocking=True)
         self._copied.record()
-        if pending is not None:
-            self._static[_IDS].index_copy_(0, pending[0], pending[1])
+        write_pending(self._static[_IDS], pending)
         self._graphs[size].replay()
         self.num_replays += 1
         return self._hidden[size][:b]

@@ -231,7 +231,7 @@ class ModelRunner:
 
     def _graph_side_inputs(
         self, batch: Batch, prev_ids: torch.Tensor | None, extra: list[np.ndarray] | None = None
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[torch.Tensor]]:
+    ) -> tuple[tuple[torch.Tensor | None, torch.Tensor] | None, list[torch.Tensor]]:
         """What a graph replay needs besides its static inputs: applies the ReqToToken entries
         the scheduler wrote without computing them (prefix cache: before attention); returns
         the pending lanes' (lanes, ids) or None, and the `extra` arrays on the device (one
@@ -239,6 +239,12 @@ class ModelRunner:
         b, extra = batch, extra or []
         if not (b.table_rows.shape[0] or b.pending_lanes.shape[0] or extra):
             return None, []
+        if not (b.table_rows.shape[0] or extra) and self.tp.size == 1 and prev_ids is not None:
+            n = b.pending_lanes.shape[0]
+            if _is_arange(b.pending_lanes) and _is_arange(b.pending_rows) and n <= len(prev_ids):
+                # Steady decode: lane i takes the step before's i-th id; one device copy, no
+                # upload and no gather (DecodeGraphs.run, PrefillGraphs.run: lanes None).
+                return (None, prev_ids[:n]), []
         t_rows, t_positions, t_slots, lanes, prev_rows, *uploaded = self.uploader.upload(
             [b.table_rows, b.table_positions, b.table_slots, b.pending_lanes, b.pending_rows,
              *extra]
@@ -282,6 +288,13 @@ class ModelRunner:
             return None
         # Only the sampling rows go through the LM head.
         return self.model.compute_logits(hidden[logits_idx])
+
+
+def _is_arange(a: np.ndarray) -> bool:
+    """Whether int array `a` is 0, 1, ..., len(a) - 1."""
+    return bool(a.shape[0]) and a[0] == 0 and a[-1] == a.shape[0] - 1 and bool(
+        (np.diff(a) == 1).all()
+    )
 
 
 def _step_result(out: SamplerOutput, requests: list) -> StepResult:

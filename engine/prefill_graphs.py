@@ -39,7 +39,7 @@ from torch import nn
 
 from raylight.engine.attention.backend import AttentionBackend, AttentionMetadata
 from raylight.engine.batch import Batch
-from raylight.engine.cuda_graphs import capture_in_order, write_table
+from raylight.engine.cuda_graphs import capture_in_order, write_pending, write_table
 from raylight.engine.layers.attention import ForwardContext
 
 # Rows of the static token buffer [4, max_tokens] and of the request buffer
@@ -132,7 +132,7 @@ class PrefillGraphs:
         return self.bucket(batch) is not None
 
     def run(
-        self, batch: Batch, pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, batch: Batch, pending: tuple[torch.Tensor | None, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """Replays the graph of `batch` (`can_run`); returns the final hidden states [T, hidden]
         of its real tokens (a view of the shared output: valid until the next replay).
@@ -147,8 +147,7 @@ class PrefillGraphs:
         # The whole buffer (contiguous, <= 70 KB): a strided copy would go through pageable memory.
         self._static.copy_(self._host, non_blocking=True)
         self._copied.record()
-        if pending is not None:
-            self._tok[_IDS].index_copy_(0, pending[0], pending[1])
+        write_pending(self._tok[_IDS], pending)
         self._graphs[key].replay()
         self.num_replays += 1
         return self._out[: batch.num_tokens]

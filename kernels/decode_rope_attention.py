@@ -50,9 +50,13 @@ from raylight.kernels.rotary import check_rotary_args
 # The last split of each KV group merges the group's partials (True), or a second launch does
 # (kernels/decode_attention.py's stage 2; benchmarks/decode_variants.py times both).
 MERGE_IN_KERNEL = True
-# Floats of the in-kernel merge's one tile (KV group's heads x splits x head_dim), 64 registers
-# a thread at 4 warps: caps the split count when merging in the kernel.
-MERGE_TILE = 8192
+# Floats of the in-kernel merge's one tile (a KV group's heads x splits x head_dim; 128
+# registers a thread at 4 warps, no spills on sm_90): caps the split count when merging in the
+# kernel. Llama-3.1-8B (groups of 4, head_dim 128) on the H200, batch-1 decode step after a
+# 1k prompt in an 8k graph bucket (benchmarks/decode_variants.py): 32 splits 3.794 ms, 16
+# splits 3.828, the three launches of rope_kv_store + decode_attention 3.899
+# (results/h200-2026-12-04-decode-variants-rope-attention.json).
+MERGE_TILE = 16384
 
 
 @triton.jit

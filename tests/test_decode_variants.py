@@ -83,3 +83,19 @@ def test_unfused_attention_variant_is_undone(tiny_models: dict[str, Path]) -> No
     with variant("unfused_attention", llm.core.runner) as used:
         assert used is backend and not backend.fuse_decode_rope
     assert backend.fuse_decode_rope
+
+
+def test_combined_variant_parts_apply_and_are_undone(tiny_models: dict[str, Path]) -> None:
+    from raylight.kernels import decode_attention, decode_rope_attention
+
+    llm = LLM(tiny_models["llama"], dtype="float32", device="cpu", max_model_len=64,
+              attention_backend="triton", progress=False)  # fmt: skip
+    tile, choose = decode_rope_attention.MERGE_TILE, decode_attention.choose_tiles
+    with variant("merge_tile_4096+tiles_32_8_2+unfused_attention", llm.core.runner) as backend:
+        assert decode_rope_attention.MERGE_TILE == 4096 and not backend.fuse_decode_rope
+        assert decode_attention.choose_tiles(None) == decode_attention.DecodeTiles(32, 8, 2)
+    assert decode_rope_attention.MERGE_TILE == tile and decode_attention.choose_tiles is choose
+    assert backend.fuse_decode_rope
+    with pytest.raises(ValueError, match="unknown variant"):
+        with variant("plain+bogus", llm.core.runner):
+            pass
