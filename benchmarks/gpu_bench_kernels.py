@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import triton
 
 from raylight.benchmarks.gpu_bench_device import time_ms
 from raylight.benchmarks.gpu_bench_floors import decode_attention_bytes, prefill_attention_flops
@@ -62,10 +63,15 @@ def scattered_table(pool: Pool, rows: int, length: int, gen: torch.Generator) ->
 
 
 def bench_decode(
-    pool: Pool, shapes: KernelShapes, batch: int, kv_len: int, copy_bw: float | None
-) -> dict[str, object]:
+    pool: Pool, shapes: KernelShapes, batch: int, kv_len: int, copy_bw: float | None,
+    kernel: str = "split",
+) -> dict[str, object]:  # fmt: skip
+    """One decode case. kernel "split": kernels/decode_attention.py over rotated q; "rope": the
+    engine's decode-step kernel, kernels/decode_rope_attention.py (rotary, the new token's K/V
+    stored at each request's last position, attention and merge in one launch)."""
     from raylight.kernels.attention_checks import num_sms
     from raylight.kernels.decode_attention import choose_num_splits, decode_attention
+    from raylight.kernels.decode_rope_attention import max_merged_splits
 
     device = pool.k.device
     gen = torch.Generator(device=device).manual_seed(batch * 100_003 + kv_len)
@@ -78,9 +84,17 @@ def bench_decode(
                     generator=gen)  # fmt: skip
     out = torch.empty_like(q)
     scale = shapes.head_dim**-0.5
+    splits = choose_num_splits(batch, shapes.kv_heads, kv_len, num_sms(device))
 
     def call() -> None:
         decode_attention(q, pool.k, pool.v, req_to_token, rows, lens, kv_len, scale, out=out)
+
+    if kernel == "rope":
+        call = _rope_call(pool, shapes, q, out, req_to_token, rows, lens, kv_len, gen)
+        group = triton.next_power_of_2(shapes.heads // shapes.kv_heads)
+        splits = min(splits, max_merged_splits(group, shapes.head_dim))
+    elif kernel != "split":
+        raise ValueError(f"kernel: 'split' or 'rope', got {kernel!r}")
 
     ms = time_ms(call, device, shapes.warmup, shapes.iters, flush=True)
     med = statistics.median(ms)
@@ -88,11 +102,37 @@ def bench_decode(
                                     shapes.head_dim, shapes.dtype.itemsize,
                                     pool.k.dtype.itemsize)  # fmt: skip
     achieved = nbytes["total"] / (med / 1e3)
-    splits = choose_num_splits(batch, shapes.kv_heads, kv_len, num_sms(device))
     return {"batch": batch, "kv_len": kv_len, "kv_dtype": str(pool.k.dtype).split(".")[-1],
-            "median_ms": med, "min_ms": min(ms),
+            "kernel": kernel, "median_ms": med, "min_ms": min(ms),
             "bytes": nbytes, "bytes_per_s": achieved, "num_splits": splits,
             "bw_frac": achieved / copy_bw if copy_bw else None}  # fmt: skip
+
+
+def _rope_call(
+    pool: Pool, shapes: KernelShapes, q: torch.Tensor, out: torch.Tensor,
+    req_to_token: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor, kv_len: int,
+    gen: torch.Generator,
+) -> Callable[[], None]:  # fmt: skip
+    """A launch of the engine's decode-step kernel on this case: q and the new token's k, v
+    before rotary, stored at each request's last position (its slot is overwritten)."""
+    from raylight.kernels.decode_rope_attention import decode_rope_attention
+
+    batch, device = q.shape[0], q.device
+    kv = torch.randn(batch, 2, shapes.kv_heads, shapes.head_dim, device=device,
+                     dtype=shapes.dtype, generator=gen)  # fmt: skip
+    positions = lens.long() - 1
+    slots = req_to_token[rows, kv_len - 1].long()
+    angles = torch.rand(kv_len, shapes.head_dim // 2, device=device, generator=gen)
+    cos, sin = angles.cos(), angles.sin()
+    counters = torch.zeros(batch * shapes.kv_heads, dtype=torch.int32, device=device)
+    scale = shapes.head_dim**-0.5
+
+    def call() -> None:
+        decode_rope_attention(positions, q, kv[:, 0], kv[:, 1], cos, sin, pool.k, pool.v, slots,
+                              req_to_token, rows, lens, kv_len, scale, counters=counters,
+                              out=out)  # fmt: skip
+
+    return call
 
 
 def bench_prefill(
@@ -170,13 +210,20 @@ def run_kernels(
         row = _guarded(fn, label, errors)
         if row is not None:
             (decode if case[0] == "decode" else prefill).append(row)
+    # The summary's decode case again (gpu_bench_report: 64 x 4k, else the largest): through
+    # the engine's decode-step kernel (one launch with rotary and the KV store), then from an
+    # FP8 pool (kv_cache_dtype="fp8").
+    again = bool(shapes.decode_batches and shapes.decode_contexts)
+    batch, ctx = max(shapes.decode_batches or [0]), max(shapes.decode_contexts or [0])
+    if 64 in shapes.decode_batches and 4096 in shapes.decode_contexts:
+        batch, ctx = 64, 4096
+    if again and time.perf_counter() < deadline:
+        row = _guarded(partial(bench_decode, pool, shapes, batch, ctx, copy_bw, "rope"),
+                       f"decode rope b{batch} ctx{ctx}", errors)  # fmt: skip
+        if row is not None:
+            decode.append(row)
     del pool
-    if shapes.decode_batches and shapes.decode_contexts and time.perf_counter() < deadline:
-        # The summary's decode case again (gpu_bench_report: 64 x 4k, else the largest), from
-        # an FP8 pool (kv_cache_dtype="fp8").
-        batch, ctx = max(shapes.decode_batches), max(shapes.decode_contexts)
-        if 64 in shapes.decode_batches and 4096 in shapes.decode_contexts:
-            batch, ctx = 64, 4096
+    if again and time.perf_counter() < deadline:
         bf = make_pool(shapes, batch * ctx, device, seed=1)
         fp8_pool = Pool(bf.k.to(torch.float8_e4m3fn), bf.v.to(torch.float8_e4m3fn))
         del bf
@@ -185,7 +232,7 @@ def run_kernels(
         if row is not None:
             decode.append(row)
         del fp8_pool
-    decode.sort(key=lambda r: (r["batch"], r["kv_len"], r["kv_dtype"]))
+    decode.sort(key=lambda r: (r["batch"], r["kv_len"], r["kv_dtype"], r["kernel"]))
     prefill.sort(key=lambda r: r["q_len"])
     return {"shapes": {"heads": shapes.heads, "kv_heads": shapes.kv_heads,
                        "head_dim": shapes.head_dim, "dtype": str(shapes.dtype).split(".")[-1],

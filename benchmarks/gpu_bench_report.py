@@ -28,10 +28,13 @@ def _pick(rows: list[dict], match: dict[str, int]) -> dict | None:
     return rows[-1] if rows else None
 
 
-def _model_dtype_decode(kern: dict[str, Any]) -> list[dict]:
-    """The decode rows timed on the pool of the shapes' dtype (not the extra FP8-pool row)."""
+def _model_dtype_decode(kern: dict[str, Any], kernel: str = "split") -> list[dict]:
+    """The decode rows of `kernel` timed on the pool of the shapes' dtype (not the extra
+    FP8-pool row)."""
     pool_dtype = (kern.get("shapes") or {}).get("dtype", "bfloat16")
-    return [r for r in kern.get("decode") or [] if r.get("kv_dtype", pool_dtype) == pool_dtype]
+    return [r for r in kern.get("decode") or []
+            if r.get("kv_dtype", pool_dtype) == pool_dtype
+            and r.get("kernel", "split") == kernel]  # fmt: skip
 
 
 def _resolved_backend(report: dict[str, Any]) -> str | None:
@@ -74,6 +77,7 @@ def build_summary(report: dict[str, Any], arch: ModelArchConfig | None) -> dict[
     lat = res.get("latency") or {}
     kern = res.get("kernels") or {}
     dec = _pick(_model_dtype_decode(kern), {"batch": 64, "kv_len": 4096})
+    rope = _pick(_model_dtype_decode(kern, "rope"), {"batch": 64, "kv_len": 4096})
     fp8 = next((r for r in kern.get("decode") or [] if r.get("kv_dtype") == "float8_e4m3fn"), None)
     pre = _pick(kern.get("prefill") or [], {"q_len": 16384})
     hf = res.get("hf") or {}
@@ -97,6 +101,9 @@ def build_summary(report: dict[str, Any], arch: ModelArchConfig | None) -> dict[
         # The same case from an FP8 pool: its time over the model-dtype pool's (0.5 = ideal).
         "decode_attn_fp8_time_ratio": fp8 and dec and _ratio(fp8["median_ms"], dec["median_ms"]),
         "decode_attn_fp8_bw_frac": fp8 and fp8.get("bw_frac"),
+        # The same case through the engine's decode-step kernel (kernels/
+        # decode_rope_attention.py: rotary, KV store, attention and merge in one launch).
+        "decode_rope_attn_bw_frac": rope and rope.get("bw_frac"),
         "prefill_attn_flops_frac": pre and pre.get("flops_frac"),
         "prefill_attn_case": pre and f"q_len {pre['q_len']}",
         "hf_cb_out_tok_s": hf_out, "raylight_on_hf_workload_out_tok_s": rl_out,

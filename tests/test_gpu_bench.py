@@ -106,8 +106,10 @@ def test_whole_run_on_cpu(
     assert report["results"]["offline"]["output_tokens"] == 15
     decode = report["results"]["kernels"]["decode"]
     fp8 = [r for r in decode if r["kv_dtype"] == "float8_e4m3fn"]  # the summary's case again
-    assert len(decode) == 5 and [(r["batch"], r["kv_len"]) for r in fp8] == [(3, 40)]
+    assert len(decode) == 6 and [(r["batch"], r["kv_len"]) for r in fp8] == [(3, 40)]
     assert 0 < s["decode_attn_fp8_time_ratio"] and 0 < s["decode_attn_fp8_bw_frac"]
+    rope = [r for r in decode if r["kernel"] == "rope"]  # the engine's decode-step kernel too
+    assert [(r["batch"], r["kv_len"]) for r in rope] == [(3, 40)] and s["decode_rope_attn_bw_frac"]
     assert out.with_suffix(".png").is_file()
     assert report["versions"]["torch"] == torch.__version__
     assert s["attention_backend"] == report["engine_loads"][-1]["attention_backend"] != "auto"
