@@ -1,6 +1,7 @@
 """Where a decode step's time goes on a GPU: torch.profiler over steady decode steps of a real
-model at a few batch sizes, summed by kernel, plus the wall time per step. With --prefill, the
-same for the prefill step of one prompt (the TTFT path) instead.
+model at a few batch sizes, summed by kernel, plus the wall time per step and the device's idle
+time between ops (the gaps between graph replays, the eager LM head, sampling and copies).
+With --prefill, the same for the prefill step of one prompt (the TTFT path) instead.
 
     TRITON_INTERPRET=0 python -m raylight.benchmarks.profile_decode --model DIR [--out FILE]
         [--prefill] [--engine-opt kv_cache_dtype=fp8 ...]
@@ -51,6 +52,39 @@ def _device_ops(prof, steps: int) -> list[dict]:
                          "calls_per_step": e.count / steps})  # fmt: skip
     rows.sort(key=lambda r: -r["device_ms_per_step"])
     return rows[:25]
+
+
+def device_timeline(spans: list[tuple[str, float, float]], steps: int, top: int = 12) -> dict:
+    """Where the device sat idle: spans (name, start_us, end_us) of every device op (kernels,
+    copies) of `steps` steps -> per step the span from the first op's start to the last op's
+    end, the time no op ran, and the largest idle gaps summed by the pair of ops around them
+    (the op before, the op after). Ops may overlap (copy engines beside kernels); the gap
+    after an op counts from the latest end seen so far."""
+    if not spans:
+        return {"span_ms_per_step": None, "idle_ms_per_step": None, "top_gaps": []}
+    spans = sorted(spans, key=lambda s: s[1])
+    idle = 0.0
+    gaps: dict[tuple[str, str], list[float]] = {}
+    last_name, last_end = spans[0][0], spans[0][2]
+    for name, start, end in spans[1:]:
+        if start > last_end:
+            idle += start - last_end
+            gaps.setdefault((last_name[:60], name[:60]), []).append(start - last_end)
+        if end >= last_end:
+            last_name, last_end = name, end
+    rows = [{"after": a, "before": b, "idle_us_per_step": sum(g) / steps,
+             "count_per_step": len(g) / steps} for (a, b), g in gaps.items()]  # fmt: skip
+    rows.sort(key=lambda r: -r["idle_us_per_step"])
+    span = max(e for _, _, e in spans) - spans[0][1]
+    return {"span_ms_per_step": span / 1e3 / steps, "idle_ms_per_step": idle / 1e3 / steps,
+            "top_gaps": rows[:top]}  # fmt: skip
+
+
+def _device_spans(prof) -> list[tuple[str, float, float]]:
+    from torch.autograd import DeviceType
+
+    return [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+            if e.device_type == DeviceType.CUDA]  # fmt: skip
 
 
 def profile_prefill(llm: LLM, prompt_len: int, trials: int) -> dict:
@@ -120,7 +154,8 @@ def profile_batch(llm: LLM, batch: int, prompt_len: int, steps: int) -> dict:
     for req in list(core.scheduler.running):
         core.abort(req.request_id)
     return {"batch": batch, "prompt_len": prompt_len, "wall_ms_per_step": step_ms,
-            "top_device_ops": rows}  # fmt: skip
+            "top_device_ops": rows,
+            "device_timeline": device_timeline(_device_spans(prof), steps)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch {batch}: {run['wall_ms_per_step']:.2f} ms/step", flush=True)
         for r in run["top_device_ops"][:12]:
             print(f"  {r['device_ms_per_step']:8.3f} ms  x{r['calls_per_step']:5.0f}  {r['name']}")
+        tl = run["device_timeline"]
+        if tl["span_ms_per_step"] is not None:
+            print(f"  device span {tl['span_ms_per_step']:.3f} ms/step, idle "
+                  f"{tl['idle_ms_per_step']:.3f} ms/step; largest gaps:")
+            for g in tl["top_gaps"]:
+                print(f"  {g['idle_us_per_step']:8.2f} us x{g['count_per_step']:4.1f}  "
+                      f"{g['after']} -> {g['before']}")
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")
     return 0
