@@ -46,7 +46,9 @@ def write_table(
     req_to_token[rows, positions] = slots.to(torch.int32)
 
 
-def write_pending(ids: torch.Tensor, pending: tuple[torch.Tensor | None, torch.Tensor] | None):
+def write_pending(
+    ids: torch.Tensor, pending: tuple[torch.Tensor | None, torch.Tensor] | None
+) -> None:
     """ids[lanes] = pending ids, for pending = (lanes, ids); lanes None: the first len(ids)
     lanes, in order (one copy)."""
     if pending is None:
