@@ -42,6 +42,28 @@ def _e4m3_to_fp16_over_256(bits):
 
 
 @triton.jit
+def _split_range(lens_ptr, b, split, num_splits, BLOCK_N: tl.constexpr):
+    """(seq_len, split_len, start, end) of split `split` of request b: splits of
+    ceil(seq_len / num_splits) positions rounded up to BLOCK_N, so later splits of a short
+    request are empty (start >= end)."""
+    seq_len = tl.load(lens_ptr + b).to(tl.int32)
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    start = split * split_len
+    return seq_len, split_len, start, tl.minimum(start + split_len, seq_len)
+
+
+@triton.jit
+def _dot_operand(q, DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr):
+    """q in the split loop's dot dtype: fp32 in the interpreter (its bf16 dots are wrong), fp16
+    against an FP8 pool (DecodeTiles.fp16_dot), else as it is."""
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    elif DOT_FP16:
+        q = q.to(tl.float16)
+    return q
+
+
+@triton.jit
 def _attend_split(
     q, k_ptr, v_ptr, r2t_ptr, row, kv_head, start, end,
     stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t, qk_scale, head_dim,
@@ -138,10 +160,7 @@ def _decode_stage1(
     split = tl.program_id(2)
     pdl_wait(USE_PDL)
     pdl_release(USE_PDL)  # after the wait: see kernels/_common_jit.py
-    seq_len = tl.load(lens_ptr + b).to(tl.int32)
-    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    start = split * split_len
-    end = tl.minimum(start + split_len, seq_len)
+    seq_len, split_len, start, end = _split_range(lens_ptr, b, split, num_splits, BLOCK_N)
 
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
@@ -151,10 +170,7 @@ def _decode_stage1(
         q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
         mask=head_ok[:, None] & (d[None, :] < head_dim), other=0.0,
     )  # fmt: skip
-    if DOT_FP32:
-        q = q.to(tl.float32)
-    elif DOT_FP16:
-        q = q.to(tl.float16)
+    q = _dot_operand(q, DOT_FP32, DOT_FP16)
     row = tl.load(rows_ptr + b).to(tl.int64)
     m_i, l_i, acc_a, acc_b = _attend_split(
         q, k_ptr, v_ptr, r2t_ptr, row, kv_head, start, end,

@@ -45,6 +45,8 @@ from raylight.kernels.decode_attention import (
     DecodeTiles,
     _attend_split,
     _decode_stage2,
+    _dot_operand,
+    _split_range,
     _store_split,
     decode_attention_ref,
     split_kernel_args,
@@ -96,10 +98,7 @@ def _decode_rope_kernel(
     split = tl.program_id(2)
     pdl_wait(USE_PDL)
     pdl_release(USE_PDL)  # after the wait: see kernels/_common_jit.py
-    seq_len = tl.load(lens_ptr + b).to(tl.int32)
-    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    start = split * split_len
-    end = tl.minimum(start + split_len, seq_len)
+    seq_len, split_len, start, end = _split_range(lens_ptr, b, split, num_splits, BLOCK_N)
 
     half = head_dim // 2
     d = tl.arange(0, BLOCK_D)[None, :]
@@ -128,10 +127,7 @@ def _decode_rope_kernel(
     head_ok = g < group
     q = _rotated(q_ptr + b * stride_qb, heads * stride_qh, head_ok, cos, sin, half, BLOCK_D)
     q = q.to(q_ptr.dtype.element_ty)  # rounded once, as the rotated q of rope_kv_store
-    if DOT_FP32:
-        q = q.to(tl.float32)
-    elif DOT_FP16:
-        q = q.to(tl.float16)
+    q = _dot_operand(q, DOT_FP32, DOT_FP16)
     row = tl.load(rows_ptr + b).to(tl.int64)
     m_i, l_i, acc_a, acc_b = _attend_split(
         q, k_cache_ptr, v_read_ptr, r2t_ptr, row, kv_head, start, end,
