@@ -127,10 +127,11 @@ def test_preemption_under_a_small_pool_keeps_hf_output(
 
 
 def test_tensor_parallel_two_ranks_matches_one(tiny_models: dict[str, Path]) -> None:
-    """TP=2 with the prefix cache and async scheduling equals TP=1 without either. The prompts
-    share prefixes and arrive over time, so the worker rank's device table must receive the
-    reused table entries through the batch broadcast, and its steps scheduled ahead their input
-    ids from rank 0 (one TP engine per test process: its process group is global)."""
+    """TP=2 with the prefix cache, async scheduling and the Triton kernels (interpreted: the
+    one-launch decode attention over each rank's heads) equals TP=1 with none of them. The
+    prompts share prefixes and arrive over time, so the worker rank's device table must receive
+    the reused table entries through the batch broadcast, and its steps scheduled ahead their
+    input ids from rank 0 (one TP engine per test process: its process group is global)."""
     prompts = make_prompts(2048, seed=1)[:4] + shared_prefix_prompts(2048, seed=1)
     arrivals = [0, 0, 0, 0, 0, 0, 5, 9, 13, 17, 21, 25]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
@@ -139,11 +140,14 @@ def test_tensor_parallel_two_ranks_matches_one(tiny_models: dict[str, Path]) -> 
         opts = EngineOptions(
             dtype="float32", max_model_len=256, tensor_parallel_size=tp,
             max_num_batched_tokens=40, enable_prefix_caching=on, async_scheduling=on,
+            attention_backend="triton" if on else "torch", fused_kernels=on,
         )  # fmt: skip
         core = create_engine_core(tiny_models["qwen2"], opts, progress=False)
         reqs = run_to_completion(core, prompts, params, arrivals)
         outs.append([r.output_token_ids for r in reqs])
     assert outs[0] == outs[1]
+    rank0 = core.runner  # decode steps took kernels/decode_rope_attention.py
+    assert rank0.backend.fuses_rope(rank0.config.arch.head_dim) and rank0.model.rope.fused
     assert core.num_scheduled_ahead > 20
     assert sum(r.num_cached_tokens for r in reqs) > 100  # the TP=2 run hit the cache
     assert np.array(outs[0]).std() > 0  # not a degenerate constant output
