@@ -243,7 +243,7 @@ class ModelRunner:
             n = b.pending_lanes.shape[0]
             if _is_arange(b.pending_lanes) and _is_arange(b.pending_rows) and n <= len(prev_ids):
                 # Steady decode: lane i takes the step before's i-th id; one device copy, no
-                # upload and no gather (DecodeGraphs.run, PrefillGraphs.run: lanes None).
+                # upload and no gather (write_pending with lanes None).
                 return (None, prev_ids[:n]), []
         t_rows, t_positions, t_slots, lanes, prev_rows, *uploaded = self.uploader.upload(
             [b.table_rows, b.table_positions, b.table_slots, b.pending_lanes, b.pending_rows,

@@ -209,11 +209,6 @@ def decode_rope_attention(
     kv_heads = k_cache.shape[1]
     if not supports_head_dim(head_dim):
         raise ValueError(f"q: head_dim must be a power of two in [16, 256], got {head_dim}")
-    if positions.shape[0] != batch or seq_lens_kv.shape[0] != batch:
-        raise ValueError(
-            f"positions {tuple(positions.shape)}, seq_lens_kv {tuple(seq_lens_kv.shape)}: one "
-            f"entry per request of q {tuple(q.shape)}"
-        )
     group_p2 = triton.next_power_of_2(num_heads // kv_heads)
     if num_splits is None:
         num_splits = split_kernels.choose_num_splits(batch, kv_heads, max_kv_len,

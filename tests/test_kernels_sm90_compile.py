@@ -210,7 +210,8 @@ def _decode_rope_builds() -> list[dict]:
     def build(name: str, pools: dict, kv_dtype, one_split: bool = False, pdl: bool = False):
         consts, warps, stages = _stage1_consts(decode_attention.choose_tiles(kv_dtype), pdl)
         consts = {**consts, "TO_FP8": kv_dtype.itemsize == 1, "ONE_SPLIT": one_split,
-                  "MERGE": True, "BLOCK_GM": 4, "BLOCK_S": 16}  # fmt: skip
+                  "MERGE": True, "BLOCK_GM": 4,
+                  "BLOCK_S": decode_rope_attention.max_merged_splits(4, 128)}  # fmt: skip
         built = _compile(decode_rope_attention._decode_rope_kernel, {**ptrs, **pools}, consts,
                          warps, stages)  # fmt: skip
         return {**built, "name": name}

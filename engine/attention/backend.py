@@ -57,3 +57,25 @@ class AttentionBackend(Protocol):
     ) -> torch.Tensor:
         """q: [T, heads, D] -> out [T, heads, D], causal over each request's cached + new K/V."""
         ...
+
+    def fuses_rope(self, head_dim: int) -> bool:
+        """Whether decode-only steps hand the unrotated q, k, v to `decode_with_rope` (rotary,
+        the KV store and attention in one call) instead of store_kv + forward."""
+        ...
+
+    def decode_with_rope(
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """Only where fuses_rope: q [B, heads, D], k, v [B, kv_heads, D] before rotary ->
+        [B, heads, D], the rotated k and v stored at meta.out_slots."""
+        ...

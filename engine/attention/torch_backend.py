@@ -12,6 +12,12 @@ from raylight.kernels.kv_store import store_rows
 
 
 class TorchAttentionBackend:
+    def fuses_rope(self, head_dim: int) -> bool:
+        return False  # rotary and the store stay separate ops (layers/attention.py)
+
+    def decode_with_rope(self, *args: object, **kwargs: object) -> torch.Tensor:
+        raise NotImplementedError("the torch backend does not fuse rotary into attention")
+
     def store_kv(
         self,
         k: torch.Tensor,

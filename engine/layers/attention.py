@@ -46,8 +46,7 @@ class Attention(nn.Module):
         v_cache = ctx.v_caches[self.layer_idx]
         contiguous = q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         if rope.fused and contiguous and q.dtype == k.dtype == v.dtype:
-            fuses = getattr(ctx.backend, "fuses_rope", None)
-            if ctx.attn.decode_only and fuses is not None and fuses(q.shape[-1]):
+            if ctx.attn.decode_only and ctx.backend.fuses_rope(q.shape[-1]):
                 out = ctx.backend.decode_with_rope(positions, q, k, v, rope.cos, rope.sin,
                                                    k_cache, v_cache, ctx.attn, self.scale)
                 return out.reshape(out.shape[0], -1)
